@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Default budget of `make run`: a few minutes on 2 CPU cores.
+DATASET     ?= mnist-5k
+STRATEGY    ?= bayesian
+MAX_TRIALS  ?= 8
+EPOCHS      ?= 3
+TRAIN_EPOCHS ?= 8
+SEED        ?= 42
+
+.PHONY: venv run test lint compile image image-gpu clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/nasflow run --dataset $(DATASET) --strategy $(STRATEGY) --max-trials $(MAX_TRIALS) \
+		--epochs $(EPOCHS) --train-epochs $(TRAIN_EPOCHS) --seed $(SEED)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check nasflow components pipelines tests bench
+
+compile: $(STAMP)
+	$(BIN)/nasflow compile
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+"""nasflow: neural architecture search as a production MLOps workflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,42 @@
+"""The project's own exception types.
+
+Every error a user can cause is one of these. The CLI catches ``NasflowError`` once
+and prints ``str(error)`` as a single line, so messages must name the file, field or
+URI at fault and fit on one line.
+"""
+
+
+class NasflowError(Exception):
+    """Base class of every error nasflow reports to a user."""
+
+
+class DataError(NasflowError):
+    """A dataset cannot be loaded or fails validation."""
+
+
+class SearchSpaceError(NasflowError):
+    """A search-space file is malformed or invalid."""
+
+
+class InvalidArchitectureError(NasflowError):
+    """A sampled architecture cannot be built for this input (e.g. spatial size below 1)."""
+
+
+class SearchError(NasflowError):
+    """The architecture search could not produce a usable result."""
+
+
+class TrackingError(NasflowError):
+    """The MLflow tracking server or registry cannot be used."""
+
+
+class CompressionError(NasflowError):
+    """A compression variant cannot be produced or evaluated."""
+
+
+class PromotionRefused(NasflowError):
+    """The promotion gate refused to move the ``champion`` alias."""
+
+
+class ClusterError(NasflowError):
+    """Submitting to or running on a Kubeflow cluster failed."""
