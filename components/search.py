@@ -1,0 +1,65 @@
+"""Keras Tuner architecture search, every trial a nested MLflow run."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
+
+from components._image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def search(
+    dataset: Input[Dataset],
+    parent_run_id: str,
+    best_hyperparameters: Output[Artifact],
+    trial_table: Output[Dataset],
+    search_metrics: Output[Metrics],
+    search_report: Output[Markdown],
+    tracking_uri: str = "",
+    search_space: str = "",
+    strategy: str = "bayesian",
+    max_trials: int = 8,
+    epochs: int = 3,
+    seed: int = 42,
+    objective_mode: str = "accuracy",
+    cost_metric: str = "latency_ms",
+    cost_target: float = 0.0,
+    reward_exponent: float = -0.07,
+    selection: str = "most_accurate",
+    max_params: int = 0,
+    max_flops: int = 0,
+    max_latency_ms: float = 0.0,
+    max_size_kb: float = 0.0,
+    max_search_minutes: float = 0.0,
+    state_dir: str = "",
+):
+    """Search the space (0 means "no constraint"); outputs the best hyperparameters (JSON), the trial table (CSV) and a report."""
+    from nasflow.steps import search_step
+
+    metrics = search_step(
+        dataset.path,
+        parent_run_id=parent_run_id,
+        tracking_uri=tracking_uri,
+        search_space=search_space,
+        strategy=strategy,
+        max_trials=max_trials,
+        epochs=epochs,
+        seed=seed,
+        best_hyperparameters_path=best_hyperparameters.path,
+        trial_table_path=trial_table.path,
+        report_path=search_report.path,
+        objective={
+            "mode": objective_mode,
+            "cost_metric": cost_metric,
+            "cost_target": cost_target,
+            "reward_exponent": reward_exponent,
+            "selection": selection,
+            "max_params": max_params,
+            "max_flops": max_flops,
+            "max_latency_ms": max_latency_ms,
+            "max_size_kb": max_size_kb,
+        },
+        max_search_minutes=max_search_minutes,
+        state_dir=state_dir,
+    )
+    for name, value in metrics.items():
+        search_metrics.log_metric(name, value)

@@ -1,0 +1,343 @@
+"""MLflow tracking for a pipeline run: one parent run, nested runs for every candidate.
+
+Each KFP task is a separate process, so nothing here relies on MLflow's fluent
+"active run" state: every call names its run id explicitly through ``MlflowClient``.
+The parent run is found again by the KFP pipeline-job id it is tagged with, which is
+what lets the exit handler close it even though it cannot take task outputs.
+
+Calls to the tracking server are retried with exponential backoff so that a server
+restart in the middle of a long search costs time, not results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nasflow.errors import TrackingError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PIPELINE_JOB_TAG = "nasflow.pipeline_job_id"
+ROLE_TAG = "nasflow.role"
+PARENT_TAG = "mlflow.parentRunId"
+FAILURE_REASON_TAG = "nasflow.failure_reason"
+
+#: How long logging keeps retrying while the server is down before giving up.
+DEFAULT_RETRY_SECONDS = 180.0
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The tracking URI to use: the argument, else ``MLFLOW_TRACKING_URI``, else local SQLite.
+
+    The local default is an absolute ``sqlite:///<cwd>/mlflow.db`` so that every KFP task
+    process, whatever its working directory, writes to the same store.
+    """
+    uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not uri:
+        uri = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if "://" not in uri:
+        # A plain directory path means a file store; make it absolute for the same reason.
+        uri = Path(uri).resolve().as_uri()
+    return uri
+
+
+def is_remote(tracking_uri: str) -> bool:
+    """Whether the URI names a tracking server (as opposed to a local store)."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifact folder beside a local SQLite store; ``None`` lets a server decide."""
+    if tracking_uri.startswith("sqlite:///"):
+        db_path = Path(tracking_uri[len("sqlite:///") :])
+        return (db_path.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer.
+
+    Raises:
+        TrackingError: The server's ``/health`` endpoint cannot be reached, or a local
+            store's folder cannot be created.
+    """
+    if is_remote(tracking_uri):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - user-given server
+                if response.status != 200:
+                    raise TrackingError(f"MLflow tracking server {tracking_uri} answered HTTP {response.status} on /health")
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from error
+    elif tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///") :]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingError(f"MLflow store {tracking_uri}: cannot create {folder}: {error}") from error
+
+
+def with_retry(call: Callable[[], T], what: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> T:
+    """Run a tracking call, retrying with exponential backoff while the server is away.
+
+    Args:
+        call: The call to make.
+        what: A few words naming the call, for the log and the final error.
+        retry_seconds: Total time to keep retrying.
+
+    Raises:
+        TrackingError: The call still failed when the time ran out.
+    """
+    from mlflow.exceptions import MlflowException
+
+    deadline = time.monotonic() + retry_seconds
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except (MlflowException, ConnectionError, OSError) as error:
+            # A 4xx answer (bad parameter, missing run) will not get better by waiting.
+            status = getattr(error, "get_http_status_code", lambda: 500)()
+            if isinstance(error, MlflowException) and 400 <= status < 500:
+                raise
+            if time.monotonic() + delay > deadline:
+                raise TrackingError(f"MLflow call '{what}' kept failing for {retry_seconds:.0f}s: {error}") from error
+            logger.warning("MLflow call '%s' failed (%s); retrying in %.1fs", what, type(error).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def make_client(tracking_uri: str | None = None):
+    """An ``MlflowClient`` bound to the resolved tracking URI (and registry)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """The id of the named experiment, created (with a local artifact folder) if missing."""
+    experiment = with_retry(lambda: client.get_experiment_by_name(name), "get experiment")
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            with_retry(lambda: client.restore_experiment(experiment.experiment_id), "restore experiment")
+        return experiment.experiment_id
+    location = default_artifact_location(client.tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another task created it between our two calls.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _flatten(values: Mapping[str, Any]) -> dict[str, str]:
+    flat = {}
+    for key, value in values.items():
+        text = json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+        flat[str(key)] = text[:6000]
+    return flat
+
+
+def start_parent_run(
+    tracking_uri: str | None,
+    experiment: str,
+    pipeline_job_id: str,
+    params: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Create the pipeline's parent run, or return it if this job already made one.
+
+    Finding it by the job-id tag makes a retried task reuse the run instead of
+    starting a second parent.
+
+    Returns:
+        The parent run id.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    client = make_client(uri)
+    experiment_id = get_or_create_experiment(client, experiment)
+    existing = find_parent_run(client, experiment_id, pipeline_job_id)
+    if existing is not None:
+        return existing
+    tags = {PIPELINE_JOB_TAG: pipeline_job_id, ROLE_TAG: "pipeline"}
+    run = with_retry(
+        lambda: client.create_run(experiment_id, tags=tags, run_name=run_name or f"nas-pipeline-{pipeline_job_id}"),
+        "create parent run",
+    )
+    if params:
+        log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def find_parent_run(client, experiment_id: str, pipeline_job_id: str) -> str | None:
+    """The parent run tagged with this pipeline job id, if any."""
+    runs = with_retry(
+        lambda: client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PIPELINE_JOB_TAG}` = '{pipeline_job_id}'", max_results=5
+        ),
+        "find parent run",
+    )
+    parents = [run for run in runs if PARENT_TAG not in run.data.tags]
+    return parents[0].info.run_id if parents else None
+
+
+def finish_parent_run(
+    tracking_uri: str | None, experiment: str, pipeline_job_id: str, succeeded: bool, message: str = ""
+) -> str | None:
+    """Close the parent run and any nested run a crash left RUNNING.
+
+    Returns:
+        The parent run id, or ``None`` when the pipeline failed before creating it.
+    """
+    client = make_client(tracking_uri)
+    experiment_obj = with_retry(lambda: client.get_experiment_by_name(experiment), "get experiment")
+    if experiment_obj is None:
+        return None
+    parent_id = find_parent_run(client, experiment_obj.experiment_id, pipeline_job_id)
+    if parent_id is None:
+        return None
+    for run in with_retry(
+        lambda: client.search_runs(
+            [experiment_obj.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+            max_results=1000,
+        ),
+        "find unfinished child runs",
+    ):
+        client.set_tag(run.info.run_id, FAILURE_REASON_TAG, "the pipeline ended while this run was still running")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    if message:
+        client.set_tag(parent_id, "nasflow.pipeline_message", message[:5000])
+    client.set_terminated(parent_id, status="FINISHED" if succeeded else "FAILED")
+    return parent_id
+
+
+def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in batches (MLflow caps a batch at 100)."""
+    from mlflow.entities import Param
+
+    items = [Param(key, value) for key, value in _flatten(params).items()]
+    for start in range(0, len(items), 100):
+        batch = items[start : start + 100]
+        with_retry(lambda batch=batch: client.log_batch(run_id, params=batch), "log params")
+
+
+def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log finite numeric metrics in one batch; non-numbers are skipped."""
+    import math
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    ]
+    for start in range(0, len(items), 1000):
+        batch = items[start : start + 1000]
+        with_retry(lambda batch=batch: client.log_batch(run_id, metrics=batch), "log metrics")
+
+
+def set_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set several tags in one batch."""
+    from mlflow.entities import RunTag
+
+    items = [RunTag(key, value) for key, value in _flatten(tags).items()]
+    if items:
+        with_retry(lambda: client.log_batch(run_id, tags=items), "set tags")
+
+
+def log_artifact(client, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a file or folder to the run's artifacts."""
+    path = Path(path)
+    if path.is_dir():
+        with_retry(lambda: client.log_artifacts(run_id, str(path), artifact_path), f"log artifacts {path.name}")
+    else:
+        with_retry(lambda: client.log_artifact(run_id, str(path), artifact_path), f"log artifact {path.name}")
+
+
+class RunHandle:
+    """A run being written to, with the client that writes it."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """See :func:`log_params`."""
+        log_params(self.client, self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """See :func:`log_metrics`."""
+        log_metrics(self.client, self.run_id, metrics, step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """See :func:`set_tags`."""
+        set_tags(self.client, self.run_id, tags)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """See :func:`log_artifact`."""
+        log_artifact(self.client, self.run_id, path, artifact_path)
+
+    def terminate(self, status: str) -> None:
+        """End the run with an MLflow status (FINISHED, FAILED, KILLED)."""
+        with_retry(lambda: self.client.set_terminated(self.run_id, status=status), "end run")
+
+
+def open_parent(tracking_uri: str | None, parent_run_id: str) -> RunHandle:
+    """A handle on an existing parent run (checks that it exists)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    client = make_client(uri)
+    try:
+        with_retry(lambda: client.get_run(parent_run_id), "get parent run")
+    except Exception as error:
+        raise TrackingError(f"MLflow {uri}: parent run {parent_run_id!r} not found: {error}") from error
+    return RunHandle(client, parent_run_id)
+
+
+def start_child_run(parent: RunHandle, run_name: str, tags: Mapping[str, Any] | None = None) -> RunHandle:
+    """Create a run nested under ``parent`` in the same experiment."""
+    client = parent.client
+    parent_run = with_retry(lambda: client.get_run(parent.run_id), "get parent run")
+    all_tags = {PARENT_TAG: parent.run_id}
+    for key in (PIPELINE_JOB_TAG,):
+        if key in parent_run.data.tags:
+            all_tags[key] = parent_run.data.tags[key]
+    all_tags.update({key: str(value) for key, value in (tags or {}).items()})
+    run = with_retry(
+        lambda: client.create_run(parent_run.info.experiment_id, tags=all_tags, run_name=run_name), "create child run"
+    )
+    return RunHandle(client, run.info.run_id)
+
+
+@contextlib.contextmanager
+def child_run(parent: RunHandle, run_name: str, tags: Mapping[str, Any] | None = None) -> Iterator[RunHandle]:
+    """A nested run that ends FINISHED, or FAILED with the reason when the block raises."""
+    run = start_child_run(parent, run_name, tags)
+    try:
+        yield run
+    except BaseException as error:
+        run.set_tags({FAILURE_REASON_TAG: f"{type(error).__name__}: {error}"[:5000]})
+        run.terminate("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    run.terminate("FINISHED")

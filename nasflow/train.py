@@ -1,0 +1,164 @@
+"""Train the chosen architecture for real: train+val, early stopping, checkpoints, GPU if any."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasflow.errors import SearchError
+
+logger = logging.getLogger(__name__)
+
+#: Share of train+val held back to decide when to stop and which epoch to keep.
+EARLY_STOPPING_FRACTION = 0.1
+
+
+@dataclass
+class TrainResult:
+    """The trained model and how it did on the untouched test split."""
+
+    model_path: str
+    test_accuracy: float
+    test_loss: float
+    confusion_matrix: list[list[int]]
+    class_names: list[str]
+    epochs_run: int
+    history: dict[str, list[float]]
+    device: str
+    mixed_precision: bool
+    params: int
+
+
+def hyperparameters_from_values(space, values: Mapping[str, Any]):
+    """A ``keras_tuner.HyperParameters`` for ``space`` holding the given values.
+
+    Values for names the space does not declare (e.g. Hyperband's ``tuner/*`` keys)
+    are ignored; names missing from ``values`` keep the space's defaults.
+    """
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    space.declare(hp)
+    for name, value in values.items():
+        if name.startswith("tuner/"):
+            continue
+        if name in hp.values or any(h.name == name for h in hp.space):
+            hp.values[name] = value
+    return hp
+
+
+def _device_setup() -> tuple[Any, str, bool]:
+    """A distribution strategy for the visible accelerators, and whether to use mixed precision."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None, "cpu", False
+    # Mixed precision roughly doubles throughput on tensor-core GPUs; the softmax
+    # output is kept in float32 by Keras' loss scaling and the final cast.
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(), f"{len(gpus)}xgpu", True
+    return None, "gpu", True
+
+
+def train_final_model(
+    data,
+    space,
+    values: Mapping[str, Any],
+    *,
+    epochs: int,
+    output_dir: str | Path,
+    seed: int = 42,
+    patience: int = 3,
+    use_gpu: bool = True,
+    epoch_callback=None,
+) -> TrainResult:
+    """Train the architecture given by ``values`` and evaluate it on the test split.
+
+    Checkpoints go to ``output_dir/checkpoints`` every epoch (``BackupAndRestore``), so
+    a killed and restarted task resumes from the last finished epoch.
+
+    Args:
+        data: ``DatasetSplits``.
+        space: The ``SearchSpace`` the values come from.
+        values: The chosen hyperparameter values.
+        epochs: Maximum epochs.
+        output_dir: Where ``model.keras`` and checkpoints are written.
+        seed: Random seed.
+        patience: Early-stopping patience in epochs.
+        use_gpu: Use a visible GPU (mixed precision, several GPUs mirrored); CPU otherwise.
+        epoch_callback: Optional ``callable(epoch, logs)`` (e.g. MLflow logging).
+
+    Returns:
+        The result with the path to the saved ``.keras`` model.
+    """
+    import keras
+    from sklearn.model_selection import train_test_split
+
+    if epochs < 1:
+        raise SearchError(f"train epochs must be at least 1, got {epochs}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    strategy, device, mixed = _device_setup() if use_gpu else (None, "cpu", False)
+
+    x_all = np.concatenate([data.x_train, data.x_val])
+    y_all = np.concatenate([data.y_train, data.y_val])
+    x_fit, x_stop, y_fit, y_stop = train_test_split(
+        x_all, y_all, test_size=EARLY_STOPPING_FRACTION, stratify=y_all, random_state=seed
+    )
+    hp = hyperparameters_from_values(space, values)
+    shape, classes = list(data.metadata.input_shape), int(data.metadata.num_classes)
+    if strategy is not None:
+        with strategy.scope():
+            model = space.build_model(hp, shape, classes)
+    else:
+        model = space.build_model(hp, shape, classes)
+
+    callbacks: list[Any] = [
+        keras.callbacks.BackupAndRestore(str(output_dir / "checkpoints")),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if epoch_callback is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=epoch_callback))
+    history = model.fit(
+        x_fit,
+        y_fit,
+        validation_data=(x_stop, y_stop),
+        epochs=epochs,
+        batch_size=space.batch_size(),
+        callbacks=callbacks,
+        verbose=0,
+    )
+    losses = history.history.get("loss", [])
+    if any(not np.isfinite(loss) for loss in losses):
+        raise SearchError("final training diverged: loss became NaN/inf")
+    if mixed:
+        keras.mixed_precision.set_global_policy("float32")
+    test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
+    predictions = np.argmax(model.predict(data.x_test, verbose=0), axis=-1)
+    matrix = np.zeros((classes, classes), dtype=int)
+    for truth, predicted in zip(data.y_test, predictions, strict=True):
+        matrix[int(truth), int(predicted)] += 1
+    model_path = output_dir / "model.keras"
+    model.save(model_path)
+    return TrainResult(
+        model_path=str(model_path),
+        test_accuracy=float(test_accuracy),
+        test_loss=float(test_loss),
+        confusion_matrix=matrix.tolist(),
+        class_names=list(data.metadata.class_names),
+        epochs_run=len(losses),
+        history={key: [float(v) for v in vals] for key, vals in history.history.items()},
+        device=device,
+        mixed_precision=mixed,
+        params=int(model.count_params()),
+    )
