@@ -7,6 +7,7 @@ Every user-caused failure surfaces as one ``nasflow: ...`` line on stderr (and i
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import logging
@@ -129,7 +130,14 @@ def search_step(
     """
     from nasflow.data import load_prepared
     from nasflow.objectives import ObjectiveConfig
-    from nasflow.search import SearchSettings, choose_best, collect_trials, run_search, summarize_rows, write_trial_table
+    from nasflow.search import (
+        SearchSettings,
+        choose_best,
+        collect_trials,
+        run_search,
+        summarize_rows,
+        write_trial_table,
+    )
     from nasflow.search_space import load_search_space, resolve_search_space
 
     data = load_prepared(dataset_dir)
@@ -175,8 +183,12 @@ def search_step(
     parent.set_tags({"nasflow.best_trial_id": result.best_trial_id, "nasflow.best_architecture": result.best_row["architecture"]})
     tracking.set_tags(parent.client, result.best_row["mlflow_run_id"], {"nasflow.best_trial": "true"})
 
-    report = _search_report(rows, result, objective_config, Path(report_path).parent)
+    pareto_dir = Path(trial_table_path).parent / "pareto"
+    report = _search_report(rows, result, objective_config, pareto_dir)
+    Path(report_path).parent.mkdir(parents=True, exist_ok=True)
     Path(report_path).write_text(report)
+    for produced in sorted(pareto_dir.glob("pareto.*")):
+        parent.log_artifact(produced, "search")
     metrics = summarize_rows(rows)
     metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
     parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
@@ -198,7 +210,6 @@ def _objective_config(values: Mapping[str, Any], config_cls):
 def _search_report(rows, result, objective_config, folder: Path) -> str:
     """Markdown for the KFP UI: chosen trial, trial table, Pareto front."""
     from nasflow.objectives import pareto_markdown, plot_pareto
-
     from nasflow.search import _cost_key
 
     cost_key = _cost_key(objective_config)
@@ -211,9 +222,18 @@ def _search_report(rows, result, objective_config, folder: Path) -> str:
         "",
         pareto_markdown(rows, result.pareto_front, chosen, cost_key),
     ]
+    folder.mkdir(parents=True, exist_ok=True)
+    front_ids = set(result.pareto_front)
+    with (folder / "pareto.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial_id", "status", "feasible", "val_accuracy", cost_key, "on_front", "chosen"])
+        for index, row in enumerate(rows):
+            writer.writerow(
+                [row["trial_id"], row["status"], row["feasible"], row["val_accuracy"], row.get(cost_key),
+                 index in front_ids, index == chosen]
+            )
     try:
-        plot_path = folder / "pareto.png"
-        plot_pareto(rows, result.pareto_front, chosen, plot_path, cost_key=cost_key)
+        plot_pareto(rows, result.pareto_front, chosen, folder / "pareto.png", cost_key=cost_key)
     except Exception as error:  # a plot is a nicety; the search result stands without it
         logger.warning("could not draw the Pareto plot: %s", error)
     return "\n".join(lines)

@@ -1,0 +1,25 @@
+"""Shared fixtures: every test starts from the same seeds and a quiet TensorFlow."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A stopped server should fail a test in seconds, not after MLflow's default retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(1234)
+    np.random.seed(1234)
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras is a hard dependency
+        return
+    keras.utils.set_random_seed(1234)

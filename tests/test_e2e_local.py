@@ -1,0 +1,162 @@
+"""The whole pipeline through kfp.local on `digits`, checked through MLflow.
+
+Two runs: one on the default local SQLite store, one against a real `mlflow server`
+process on 127.0.0.1 (which also exercises evolution + the Pareto objective and a
+chained compression variant).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow_server import running_mlflow_server
+
+from nasflow import tracking
+from nasflow.cli import main as cli_main
+from nasflow.data import load_prepared
+from nasflow.local_run import run_pipeline_locally
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "dataset": "digits",
+    "max_trials": 2,
+    "epochs": 1,
+    "train_epochs": 2,
+    "seed": 7,
+    "compression_variants": ["float16", "int8"],
+}
+
+
+def _params(**overrides):
+    from nasflow.cli import build_parser, pipeline_parameters
+
+    args = build_parser().parse_args(["run"])
+    params = pipeline_parameters(args)
+    params.update(TINY)
+    params.update(overrides)
+    return params
+
+
+def _runs(client, parent_id: str, role: str):
+    parent = client.get_run(parent_id)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`nasflow.role` = '{role}'",
+    )
+
+
+def _check_run(result, tracking_uri: str, expected_trials: int, model_name: str) -> None:
+    summary = result.summary
+    client = tracking.make_client(tracking_uri)
+    experiment = client.get_experiment_by_name("nasflow")
+    parents = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`nasflow.role` = 'pipeline'"
+    )
+    parent = next(run for run in parents if run.info.run_id == summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+
+    trials = _runs(client, parent.info.run_id, "trial")
+    assert len(trials) == expected_trials
+    assert len({run.data.tags["nasflow.trial_id"] for run in trials}) == expected_trials
+    for trial in trials:
+        assert trial.info.status in ("FINISHED", "FAILED")
+        if trial.data.tags["nasflow.trial_status"] in ("COMPLETED", "INFEASIBLE"):
+            assert trial.data.params, "every hyperparameter is a param"
+            for metric in ("final_val_accuracy", "params", "flops", "size_bytes", "latency_p50_ms", "duration_s"):
+                assert metric in trial.data.metrics, metric
+            history = client.get_metric_history(trial.info.run_id, "val_accuracy")
+            assert len(history) >= 1
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "search")}
+    assert "search/trials.csv" in artifacts or any(path.startswith("search/") for path in artifacts)
+    assert client.list_artifacts(parent.info.run_id, "search_space")
+
+    variants = {run.data.tags["nasflow.variant"] for run in _runs(client, parent.info.run_id, "compression")}
+    assert {"float32", "float16", "int8"} <= variants
+    assert _runs(client, parent.info.run_id, "train")
+
+    version = client.get_model_version_by_alias(model_name, "challenger")
+    assert version.version == summary["model_version"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    served = mlflow.pyfunc.load_model(f"models:/{model_name}@challenger")
+    data = load_prepared(next(result.run_dir.glob("*/data-prep/dataset")))
+    scores = np.asarray(served.predict(data.x_test.astype(np.float32)))
+    served_accuracy = float(np.mean(np.argmax(scores, axis=-1) == data.y_test))
+    assert abs(served_accuracy - summary["test_accuracy"]) <= 0.02 + 1e-9
+
+
+@pytest.fixture(scope="module")
+def sqlite_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e-sqlite")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_pipeline_locally(
+        _params(strategy="random", tracking_uri=uri, model_name="digits-e2e"), root / "runs", stream=None
+    )
+    return result, uri
+
+
+def test_local_pipeline_tracks_every_candidate_and_registers(sqlite_run):
+    result, uri = sqlite_run
+    _check_run(result, uri, expected_trials=2, model_name="digits-e2e")
+    summary = result.summary
+    assert summary["aliases"] == ["challenger", "champion"], "the first version becomes champion"
+    assert summary["promotion"]["promoted"] is True
+    assert summary["test_accuracy"] > 0.5
+
+
+def test_promote_cli_refuses_and_exits_non_zero(sqlite_run, capsys):
+    result, uri = sqlite_run
+    code = cli_main(["promote", "--model-name", "digits-e2e", "--tracking-uri", uri, "--min-improvement", "0.5"])
+    out = capsys.readouterr().out
+    # The challenger is already champion: promoting it again changes nothing and succeeds.
+    assert code == 0, out
+    client = tracking.make_client(uri)
+    assert client.get_model_version_by_alias("digits-e2e", "champion").version == result.summary["model_version"]
+    code = cli_main(["promote", "--model-name", "no-such-model", "--tracking-uri", uri])
+    assert code == 2
+
+
+def test_nasflow_run_cli_exits_non_zero_with_one_line_on_bad_data(tmp_path):
+    bad = tmp_path / "broken.csv"
+    bad.write_text("a,b,label\n1,2,x\n")
+    process = subprocess.run(
+        [sys.executable, "-m", "nasflow.cli", "run", "--dataset", str(bad), "--max-trials", "1", "--epochs", "1",
+         "--output-dir", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--quiet"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert process.returncode == 2
+    lines = [line for line in process.stderr.splitlines() if line.startswith("nasflow:")]
+    assert len(lines) == 1 and "broken.csv" in lines[0] and "data-prep" in lines[0], process.stderr
+    # Nothing downstream ran: no search output exists.
+    assert not list((tmp_path / "runs").glob("*/*/search*"))
+
+
+def test_pipeline_against_a_real_mlflow_server(tmp_path):
+    with running_mlflow_server(tmp_path / "server") as uri:
+        result = run_pipeline_locally(
+            _params(
+                strategy="evolution",
+                objective_mode="pareto",
+                max_trials=3,
+                tracking_uri=uri,
+                model_name="digits-server",
+                compression_variants=["float16", "int8", "structured_prune+int8"],
+            ),
+            tmp_path / "runs",
+            stream=None,
+        )
+        _check_run(result, uri, expected_trials=3, model_name="digits-server")
+        client = tracking.make_client(uri)
+        pareto = {item.path for item in client.list_artifacts(result.summary["parent_run_id"], "search")}
+        assert any(path.endswith("pareto.png") for path in pareto), pareto
+        assert any(path.endswith("pareto.csv") for path in pareto), pareto
+        variants = {v["name"] for v in result.summary["variants"]}
+        assert "structured_prune+int8" in variants
+        json.dumps(result.summary)

@@ -1,0 +1,85 @@
+"""The pipeline compiles, the committed YAML is current, and its cluster wiring is right."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nasflow.cli import DEFAULT_PACKAGE, compile_pipeline
+from nasflow.config import image_reference, repo_root
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    saved = os.environ.pop("NASFLOW_IMAGE_REGISTRY", None)
+    try:
+        path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "nas_pipeline.yaml")
+    finally:
+        if saved is not None:
+            os.environ["NASFLOW_IMAGE_REGISTRY"] = saved
+    text = path.read_text()
+    documents = list(yaml.safe_load_all(text))
+    return {"text": text, "spec": documents[0], "platform": documents[1] if len(documents) > 1 else {}}
+
+
+def test_committed_pipeline_yaml_is_current(compiled):
+    committed = repo_root() / DEFAULT_PACKAGE
+    assert committed.exists(), f"run `nasflow compile` and commit {DEFAULT_PACKAGE}"
+    assert committed.read_text() == compiled["text"], f"{DEFAULT_PACKAGE} is stale: run `nasflow compile`"
+
+
+def test_every_component_uses_the_one_versioned_image(compiled):
+    executors = compiled["spec"]["deploymentSpec"]["executors"]
+    images = {executor["container"]["image"] for executor in executors.values()}
+    assert images == {image_reference()}
+
+
+def test_pipeline_parameters_are_typed_with_defaults(compiled):
+    parameters = compiled["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert parameters["max_trials"]["parameterType"] == "NUMBER_INTEGER"
+    assert parameters["max_trials"]["defaultValue"] == 8
+    assert parameters["use_gpu"]["parameterType"] == "BOOLEAN"
+    assert parameters["compression_variants"]["parameterType"] == "LIST"
+    assert parameters["strategy"]["defaultValue"] == "bayesian"
+
+
+def test_gpu_training_requests_an_accelerator(compiled):
+    executors = compiled["spec"]["deploymentSpec"]["executors"]
+    accelerators = [
+        executor["container"]["resources"]["accelerator"]
+        for executor in executors.values()
+        if "accelerator" in executor["container"].get("resources", {})
+    ]
+    assert len(accelerators) == 1
+    accelerator = accelerators[0]
+    assert accelerator.get("resourceType", accelerator.get("type")) == "nvidia.com/gpu"
+    assert str(accelerator.get("resourceCount", accelerator.get("count"))) == "1"
+
+
+def test_cluster_settings_come_from_configmap_and_secret(compiled):
+    executors = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gpu = [config for config in executors.values() if config.get("tolerations")]
+    assert len(gpu) == 1 and gpu[0]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert gpu[0]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    for name, config in executors.items():
+        if "tracking" in name or "search" in name or "train" in name or "register" in name or "compress" in name:
+            assert config["configMapAsEnv"][0]["configMapName"] == "nasflow-config", name
+            assert config["secretAsEnv"][0]["secretName"] == "nasflow-mlflow-credentials", name
+    # No tracking server address is baked into the compiled pipeline.
+    assert "http://" not in compiled["text"].replace("http://www.apache.org", "")
+
+
+def test_search_task_retries(compiled):
+    tasks = compiled["spec"]["root"]["dag"]["tasks"]
+    inner = compiled["spec"]["components"]["comp-exit-handler-1"]["dag"]["tasks"] if "comp-exit-handler-1" in compiled["spec"]["components"] else tasks
+    search = next(task for name, task in inner.items() if name == "search")
+    assert search["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_image_registry_is_one_setting(monkeypatch):
+    monkeypatch.setenv("NASFLOW_IMAGE_REGISTRY", "registry.example.com/team")
+    assert image_reference().startswith("registry.example.com/team/nasflow:")
+    assert Path(repo_root() / "components" / "_image.py").read_text().count("image_reference") >= 1
