@@ -38,3 +38,25 @@ compile: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# --- Container images (docker/). The tag is nasflow.config.image_reference(): the package
+# version, under NASFLOW_IMAGE_REGISTRY (default docker.io/nasflow), e.g.
+#   NASFLOW_IMAGE_REGISTRY=ghcr.io/acme make image push
+# Compile pipelines with the same NASFLOW_IMAGE_REGISTRY so their steps name this image.
+IMAGE     = $(shell NASFLOW_IMAGE_REGISTRY='$(NASFLOW_IMAGE_REGISTRY)' $(BIN)/python -c 'from nasflow.config import image_reference; print(image_reference())')
+IMAGE_GPU = $(shell NASFLOW_IMAGE_REGISTRY='$(NASFLOW_IMAGE_REGISTRY)' $(BIN)/python -c 'from nasflow.config import image_reference; print(image_reference(gpu=True))')
+DOCKER   ?= docker
+
+.PHONY: push push-gpu
+
+image: $(STAMP)
+	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
+
+image-gpu: $(STAMP)
+	$(DOCKER) build -f docker/Dockerfile.gpu -t $(IMAGE_GPU) .
+
+push: image
+	$(DOCKER) push $(IMAGE)
+
+push-gpu: image-gpu
+	$(DOCKER) push $(IMAGE_GPU)
