@@ -1,0 +1,248 @@
+"""REINFORCE policy-gradient search as a Keras Tuner oracle (Williams, 1992; Zoph & Le, 2017).
+
+The policy is one independent softmax per hyperparameter over a finite set of values
+(:func:`nasflow.oracles.base.discrete_values`: choices, stepped ranges, continuous
+floats in equal-probability bins, log-spaced for log sampling). A trial samples only the
+hyperparameters active under the values drawn so far, so conditional scopes hold. When a
+trial completes, its score is the reward and every logit it used moves along
+``advantage * grad log p(choice)``, with the advantage measured against a moving-average
+baseline.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import keras_tuner
+from keras_tuner.engine import trial as trial_module
+
+from nasflow.errors import SearchError
+from nasflow.oracles.base import ConstraintCheck, SeededOracle, discrete_values, hp_key
+
+#: Normalized advantages are clipped to this magnitude so one outlier cannot saturate a softmax.
+ADVANTAGE_CLIP = 5.0
+
+
+def _softmax(logits: list[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(value - top) for value in logits]
+    total = sum(exps)
+    return [value / total for value in exps]
+
+
+class ReinforceOracle(SeededOracle):
+    """REINFORCE with a moving-average baseline over a Keras Tuner search space.
+
+    Args:
+        objective: The Keras Tuner objective; its score is the reward (negated when the
+            direction is ``min``).
+        max_trials: Total number of trials.
+        learning_rate: Step size on the logits.
+        baseline_decay: Decay of the moving-average baseline (and of the reward variance).
+        entropy_weight: Weight of an entropy bonus that keeps the policy exploring.
+        normalize_advantage: Divide advantages by the moving standard deviation of the
+            rewards, so the learning rate does not depend on the score's scale.
+        bins: Number of values for continuous or very wide numeric ranges.
+        constraint_penalty: Negative (normalized) advantage applied to a proposal the
+            constraint check refused, so the policy learns to avoid infeasible regions
+            without spending a trial on them; 0 disables it.
+        hyperparameters: Optional predefined search space.
+        allow_new_entries: See ``keras_tuner.Oracle``.
+        tune_new_entries: See ``keras_tuner.Oracle``.
+        seed: Random seed; None for a random one (0 is a seed like any other).
+        max_retries_per_trial: See ``keras_tuner.Oracle``.
+        max_consecutive_failed_trials: See ``keras_tuner.Oracle``.
+        constraint_check: Maps values to violation messages; violating samples are redrawn.
+        max_constraint_attempts: Proposals per trial before the search stops.
+    """
+
+    def __init__(
+        self,
+        objective=None,
+        max_trials: int | None = 10,
+        learning_rate: float = 0.1,
+        baseline_decay: float = 0.9,
+        entropy_weight: float = 0.0,
+        normalize_advantage: bool = True,
+        bins: int = 8,
+        constraint_penalty: float = 1.0,
+        hyperparameters=None,
+        allow_new_entries: bool = True,
+        tune_new_entries: bool = True,
+        seed: int | None = None,
+        max_retries_per_trial: int = 0,
+        max_consecutive_failed_trials: int = 3,
+        constraint_check: ConstraintCheck | None = None,
+        max_constraint_attempts: int = 100,
+    ):
+        if learning_rate <= 0:
+            raise SearchError(f"reinforce learning_rate must be positive, got {learning_rate}")
+        if not 0.0 <= baseline_decay < 1.0:
+            raise SearchError(f"reinforce baseline_decay must be in [0, 1), got {baseline_decay}")
+        if bins < 2:
+            raise SearchError(f"reinforce bins must be at least 2, got {bins}")
+        super().__init__(
+            objective=objective,
+            max_trials=max_trials,
+            hyperparameters=hyperparameters,
+            allow_new_entries=allow_new_entries,
+            tune_new_entries=tune_new_entries,
+            seed=seed,
+            max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+            constraint_check=constraint_check,
+            max_constraint_attempts=max_constraint_attempts,
+        )
+        self.learning_rate = learning_rate
+        self.baseline_decay = baseline_decay
+        self.entropy_weight = entropy_weight
+        self.normalize_advantage = normalize_advantage
+        self.bins = bins
+        self.constraint_penalty = constraint_penalty
+        self._logits: dict[str, list[float]] = {}
+        self._baseline: float | None = None
+        self._reward_variance = 0.0
+        self._choices: dict[str, dict[str, int]] = {}
+        self._pending: dict[str, int] = {}
+        self.updates = 0
+
+    def _logits_for(self, key: str, size: int) -> list[float]:
+        logits = self._logits.get(key)
+        if logits is None or len(logits) != size:
+            logits = [0.0] * size
+            self._logits[key] = logits
+        return logits
+
+    def _sample(self, rng: random.Random, uniform: bool) -> tuple[dict, dict[str, int]]:
+        hps = self.hyperparameters.copy()
+        hps.values = {}
+        choices: dict[str, int] = {}
+        for hp in hps.space:
+            if hp.name in hps.values or not hps.is_active(hp):
+                continue
+            options = discrete_values(hp, self.bins)
+            key = hp_key(hp)
+            weights = [1.0] * len(options) if uniform else _softmax(self._logits_for(key, len(options)))
+            index = rng.choices(range(len(options)), weights=weights, k=1)[0]
+            hps.values[hp.name] = options[index]
+            choices[key] = index
+        return hps.values, choices
+
+    def propose(self, trial_id: str, rng: random.Random, rejected: set[str]) -> dict | None:
+        """Sample the policy; fall back to uniform draws when the policy keeps repeating itself.
+
+        Args:
+            trial_id: The new trial's id.
+            rng: This proposal's generator.
+            rejected: Hashes of values the constraint check refused for this trial.
+
+        Returns:
+            New values, or None when no untried values can be found.
+        """
+        for uniform in (False, True):
+            for _ in range(self._max_collisions + 1):
+                values, choices = self._sample(rng, uniform)
+                if self._is_new(values, rejected):
+                    self._pending = choices
+                    return values
+        return None
+
+    def on_accepted(self, trial_id: str, values: dict) -> None:
+        """Remember which policy entries produced the trial, for its update."""
+        self._choices[trial_id] = self._pending
+
+    def on_rejected(self, values: dict, violations: list[str]) -> None:
+        """Push the policy away from a proposal that broke the constraints."""
+        if self.constraint_penalty > 0:
+            self._apply_gradient(self._pending, -self.constraint_penalty)
+
+    def _apply_gradient(self, choices: dict[str, int], advantage: float) -> None:
+        for key, index in choices.items():
+            logits = self._logits[key]
+            probs = _softmax(logits)
+            entropy = -sum(p * math.log(p) for p in probs if p > 0)
+            for k, p in enumerate(probs):
+                policy_gradient = (1.0 if k == index else 0.0) - p
+                entropy_gradient = -p * (math.log(p) + entropy) if p > 0 else 0.0
+                logits[k] += self.learning_rate * (
+                    advantage * policy_gradient + self.entropy_weight * entropy_gradient
+                )
+
+    def learn(self, choices: dict[str, int], reward: float) -> float:
+        """One REINFORCE step for a finished trial.
+
+        Args:
+            choices: Policy key -> index of the value the trial used.
+            reward: Its reward (larger is better).
+
+        Returns:
+            The advantage applied (after normalization and clipping).
+        """
+        if self._baseline is None:
+            self._baseline = reward
+        advantage = reward - self._baseline
+        decay = self.baseline_decay
+        self._reward_variance = decay * self._reward_variance + (1 - decay) * advantage**2
+        self._baseline = decay * self._baseline + (1 - decay) * reward
+        if self.normalize_advantage and self._reward_variance > 0:
+            advantage /= math.sqrt(self._reward_variance)
+            advantage = max(-ADVANTAGE_CLIP, min(ADVANTAGE_CLIP, advantage))
+        self._apply_gradient(choices, advantage)
+        self.updates += 1
+        return advantage
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial):
+        """End the trial as the base oracle does, then update the policy with its score."""
+        super().end_trial(trial)
+        stored = self.trials[trial.trial_id]
+        if stored.status in (trial_module.TrialStatus.INVALID, trial_module.TrialStatus.RUNNING):
+            return  # it will be retried with the same values: keep its choices for then
+        choices = self._choices.pop(stored.trial_id, None)
+        completed = stored.status == trial_module.TrialStatus.COMPLETED
+        if choices is not None and completed and stored.score is not None and math.isfinite(stored.score):
+            self.learn(choices, self._score_for_maximizing(stored))
+        self.save()
+
+    def policy(self) -> dict[str, dict[str, float]]:
+        """Current sampling probabilities: hyperparameter name -> {value: probability}.
+
+        A name registered under several conditions is listed under ``name|conditions``.
+        """
+        names = [hp.name for hp in self.hyperparameters.space]
+        result: dict[str, dict[str, float]] = {}
+        for hp in self.hyperparameters.space:
+            options = discrete_values(hp, self.bins)
+            key = hp_key(hp)
+            probs = _softmax(self._logits_for(key, len(options)))
+            label = hp.name if names.count(hp.name) == 1 else key
+            result[label] = {str(value): prob for value, prob in zip(options, probs, strict=True)}
+        return result
+
+    def get_state(self):
+        """Base state plus logits, baseline, reward variance and pending choices."""
+        state = super().get_state()
+        state["reinforce"] = {
+            "logits": self._logits,
+            "baseline": self._baseline,
+            "reward_variance": self._reward_variance,
+            "choices": self._choices,
+            "updates": self.updates,
+        }
+        return state
+
+    def set_state(self, state):
+        """Restore what :meth:`get_state` saved."""
+        super().set_state(state)
+        reinforce = state.get("reinforce", {})
+        self._logits = {
+            key: [float(v) for v in values] for key, values in reinforce.get("logits", {}).items()
+        }
+        self._baseline = reinforce.get("baseline")
+        self._reward_variance = float(reinforce.get("reward_variance", 0.0))
+        self._choices = {
+            trial_id: {key: int(index) for key, index in choices.items()}
+            for trial_id, choices in reinforce.get("choices", {}).items()
+        }
+        self.updates = int(reinforce.get("updates", 0))
