@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +105,12 @@ def run_pipeline_locally(
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     started = time.monotonic()
     try:
-        with log_path.open("w", encoding="utf-8") as log, contextlib.redirect_stdout(_ProgressTee(log, stream)):
-            handlers = _redirect_kfp_logging(log, stream)
-            try:
-                nas_pipeline(**params)
-            finally:
-                for logger_obj, saved in handlers:
-                    logger_obj.handlers = saved
+        with warnings.catch_warnings():
+            # The local runner warns that images and resource requests are ignored here:
+            # true, and exactly what running the cluster pipeline on one machine means.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"kfp\.local")
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"kfp\.local")
+            _run_with_log(nas_pipeline, params, log_path, stream)
     except RuntimeError as error:
         message = error_file.read_text().strip().splitlines()[0] if error_file.exists() else _ANSI.sub("", str(error))
         raise PipelineFailed(f"{message} (full log: {log_path})") from error
@@ -122,6 +122,16 @@ def run_pipeline_locally(
                 os.environ[key] = value
     summary = _find_summary(run_dir)
     return LocalRun(run_dir=run_dir, log_path=log_path, summary=summary, seconds=time.monotonic() - started)
+
+
+def _run_with_log(pipeline, params: Mapping[str, Any], log_path: Path, stream: TextIO | None) -> None:
+    with log_path.open("w", encoding="utf-8") as log, contextlib.redirect_stdout(_ProgressTee(log, stream)):
+        handlers = _redirect_kfp_logging(log, stream)
+        try:
+            pipeline(**params)
+        finally:
+            for logger_obj, saved in handlers:
+                logger_obj.handlers = saved
 
 
 def _redirect_kfp_logging(log: TextIO, terminal: TextIO | None):

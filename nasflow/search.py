@@ -216,6 +216,13 @@ class _TrialContext:
     def batch_size(self) -> int:
         return int(self.settings.batch_size or self.space.batch_size())
 
+    def _scoring_objective(self):
+        # In pareto mode the oracle maximizes acc * cost^w; any fixed target T only
+        # rescales that, so a constant keeps scores of different trials comparable.
+        if self.objective.mode == "pareto" and self.objective.cost_target is None:
+            return self.objective.replace(cost_target=1.0)
+        return self.objective
+
     def cheap_violations(self, values: Mapping[str, Any]) -> list[str]:
         """Constraints that can be checked from the architecture alone (params, FLOPs)."""
         from nasflow.costs import count_flops, count_params
@@ -329,12 +336,9 @@ class _TrialContext:
             ).to_dict()
             cost_row = _cost_row(costs)
             violations = constraint_violations(cost_row, self.objective)
-            score = float(objective_score(val_accuracy, cost_row, self.objective))
+            # Infeasible trials score below zero: the oracle learns to avoid the region.
+            score = float(objective_score(val_accuracy, cost_row, self._scoring_objective()))
             feasible = not violations
-            if not feasible:
-                # Keep the oracle away from this region, but rank it by accuracy so
-                # that the search still learns something from it.
-                score = min(score, val_accuracy) - 1.0
             metrics = {
                 "final_val_accuracy": val_accuracy,
                 "best_val_accuracy": float(max(history.history["val_accuracy"])),
