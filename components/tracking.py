@@ -6,18 +6,26 @@ from components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def start_tracking(tracking_uri: str, experiment: str, pipeline_job_id: str, pipeline_parameters: dict) -> str:
-    """Check that MLflow answers and create the parent run; returns its id."""
+def start_tracking(
+    tracking_uri: str, experiment: str, pipeline_job_id: str, pipeline_parameters: dict, run_identity: str = ""
+) -> str:
+    """Check that MLflow answers and create (or, for a resumed run identity, reopen) the parent run."""
     from nasflow.steps import start_tracking_step
 
-    return start_tracking_step(tracking_uri, experiment, pipeline_job_id, pipeline_parameters)
+    return start_tracking_step(tracking_uri, experiment, run_identity or pipeline_job_id, pipeline_parameters)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finish_tracking(
-    tracking_uri: str, experiment: str, pipeline_job_id: str, status: dsl.PipelineTaskFinalStatus
+    tracking_uri: str,
+    experiment: str,
+    pipeline_job_id: str,
+    status: dsl.PipelineTaskFinalStatus,
+    run_identity: str = "",
 ):
     """Exit handler: end the parent run FINISHED/FAILED and close runs a crash left RUNNING."""
     from nasflow.steps import finish_tracking_step
 
-    finish_tracking_step(tracking_uri, experiment, pipeline_job_id, status.state, status.error_message or "")
+    finish_tracking_step(
+        tracking_uri, experiment, run_identity or pipeline_job_id, status.state, status.error_message or ""
+    )

@@ -88,13 +88,16 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tracking-uri", default="", help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     group.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     group.add_argument("--state-dir", default="", help="persistent tuner state folder (resume after a crash)")
+    group.add_argument(
+        "--run-identity", default="", help="name of this run; run again with the same name to resume it after a crash"
+    )
 
 
 PIPELINE_PARAMETER_NAMES = (
     "dataset", "label_column", "search_space", "strategy", "max_trials", "epochs", "max_search_minutes",
     "objective_mode", "cost_metric", "cost_target", "reward_exponent", "selection", "max_params", "max_flops",
     "max_latency_ms", "max_size_kb", "train_epochs", "use_gpu", "compression_variants", "max_accuracy_drop",
-    "prefer", "model_name", "min_improvement", "seed", "tracking_uri", "experiment", "state_dir",
+    "prefer", "model_name", "min_improvement", "seed", "tracking_uri", "experiment", "state_dir", "run_identity",
 )  # fmt: skip
 
 
@@ -151,6 +154,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nasflow.local_run import format_summary, run_pipeline_locally
 
     params = pipeline_parameters(args)
+    if params["run_identity"] and not params["state_dir"]:
+        # Resuming needs the tuner state where the next attempt will look for it.
+        params["state_dir"] = str((Path(args.output_dir) / "state" / params["run_identity"]).resolve())
     if not args.quiet:
         print(f"nasflow {__version__}: running the NAS pipeline locally (kfp.local) on {params['dataset']}", file=sys.stderr)
     result = run_pipeline_locally(params, args.output_dir, stream=None if args.quiet else sys.stderr)

@@ -204,6 +204,8 @@ class _TrialContext:
     objective: Any
     parent: tracking.RunHandle | None
     deadline: float | None = None
+    #: trial id -> MLflow run id of an attempt a crash interrupted (set on resume).
+    interrupted_runs: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> list[int]:
@@ -273,6 +275,11 @@ class _TrialContext:
                     "nasflow.tuner_id": getattr(tuner, "tuner_id", "tuner0"),
                     "nasflow.architecture": architecture,
                     "nasflow.trial_status": "RUNNING",
+                    **(
+                        {"nasflow.resumed_from_run": self.interrupted_runs[trial.trial_id]}
+                        if trial.trial_id in self.interrupted_runs
+                        else {}
+                    ),
                 },
             )
             run.log_params(values)
@@ -298,7 +305,9 @@ class _TrialContext:
                 model = self.space.build_model(hp, self.input_shape, self.num_classes)
             except InvalidArchitectureError as error:
                 finish(INVALID, {}, reason=f"InvalidArchitectureError: {error}")
-                raise keras_tuner.errors.FailedTrialError(f"invalid architecture: {error}") from error
+                # Re-raised as is, Keras Tuner records the trial INVALID: a sampled
+                # architecture that does not fit the input is not a failure of the search.
+                raise
             params, flops = count_params(model), count_flops(model)
             cheap = constraint_violations({"params": params, "flops": flops}, self.objective)
             cheap = [v for v in cheap if v.startswith(("params", "flops"))]
@@ -362,6 +371,8 @@ class _TrialContext:
             )
             del model
             return {OBJECTIVE_NAME: score, "val_accuracy": val_accuracy}
+        except InvalidArchitectureError:
+            raise
         except keras_tuner.errors.FailedTrialError as error:
             if run is not None and _run_is_open(run):
                 finish(FAILED, {}, reason=f"FailedTrialError: {error}")
@@ -460,11 +471,67 @@ def run_search(
         project_name=project_name,
         overwrite=overwrite,
     )
+    if parent is not None and not overwrite:
+        context.interrupted_runs = reconcile_trial_runs(parent, tuner.oracle)
     try:
         tuner.search()
     except _BudgetExhausted:
         logger.info("search stopped: the wall-clock budget of %.1f min is used up", settings.max_search_minutes)
+    except RuntimeError as error:
+        if "consecutive failures" not in str(error):
+            raise
+        first_line = str(error).splitlines()[0]
+        reason = _last_failure_reason(str(error))
+        raise SearchError(f"search stopped: {first_line.rstrip('.')}; last failure: {reason}") from error
     return tuner
+
+
+def _last_failure_reason(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1][:300] if len(lines) > 1 else "unknown"
+
+
+def reconcile_trial_runs(parent: tracking.RunHandle, oracle) -> dict[str, str]:
+    """Make MLflow agree with a reloaded oracle before a resumed search goes on.
+
+    A run left RUNNING by a crash is closed as KILLED; a finished run of a trial the
+    oracle does not count as ended (killed after logging, before the oracle saved) is
+    closed as KILLED too, so that every trial has exactly one finished run.
+
+    Returns:
+        trial id -> id of the interrupted run, to link the re-run to it.
+    """
+    ended = {
+        trial_id
+        for trial_id, trial in getattr(oracle, "trials", {}).items()
+        if str(trial.status) in ("COMPLETED", "FAILED", "INVALID")
+    }
+    client = parent.client
+    experiment_id = tracking.with_retry(lambda: client.get_run(parent.run_id), "get parent run").info.experiment_id
+    runs = tracking.with_retry(
+        lambda: client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}' and tags.`{tracking.ROLE_TAG}` = 'trial'",
+            max_results=5000,
+        ),
+        "list trial runs",
+    )
+    interrupted: dict[str, str] = {}
+    for run in runs:
+        trial_id = run.data.tags.get("nasflow.trial_id", "")
+        if run.info.status == "KILLED":
+            continue
+        if run.info.status == "RUNNING" or trial_id not in ended:
+            handle = tracking.RunHandle(client, run.info.run_id)
+            handle.set_tags(
+                {
+                    "nasflow.trial_status": "KILLED",
+                    tracking.FAILURE_REASON_TAG: "interrupted: the search process stopped during this trial",
+                }
+            )
+            handle.terminate("KILLED")
+            interrupted[trial_id] = run.info.run_id
+    return interrupted
 
 
 def _SpaceHyperModel(space, input_shape, num_classes):  # noqa: N802 - a factory standing in for a class

@@ -176,6 +176,11 @@ def start_parent_run(
     experiment_id = get_or_create_experiment(client, experiment)
     existing = find_parent_run(client, experiment_id, pipeline_job_id)
     if existing is not None:
+        # The same run identity again: a retry or a resume after a crash. Reopen it so the
+        # finished trials it holds count towards this attempt.
+        if client.get_run(existing).info.status != "RUNNING":
+            with_retry(lambda: client.update_run(existing, status="RUNNING"), "reopen parent run")
+            client.set_tag(existing, "nasflow.resumed", "true")
         return existing
     tags = {PIPELINE_JOB_TAG: pipeline_job_id, ROLE_TAG: "pipeline"}
     run = with_retry(

@@ -33,6 +33,46 @@ def _cluster_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def _compress_and_register(
+    trained: dsl.PipelineTask,
+    *,
+    dataset,
+    parent_run_id,
+    tracking_uri,
+    compression_variants,
+    max_accuracy_drop,
+    prefer,
+    seed,
+    model_name,
+    min_improvement,
+) -> dsl.PipelineTask:
+    """Wire compress -> register after one training task."""
+    compressed = _cluster_settings(
+        compress(
+            dataset=dataset,
+            model=trained.outputs["model"],
+            parent_run_id=parent_run_id,
+            tracking_uri=tracking_uri,
+            variants=compression_variants,
+            max_accuracy_drop=max_accuracy_drop,
+            prefer=prefer,
+            seed=seed,
+        )
+    ).set_caching_options(False)
+    compressed.set_cpu_request("2").set_memory_request("4G")
+    return _cluster_settings(
+        register(
+            dataset=dataset,
+            model=trained.outputs["model"],
+            compressed=compressed.outputs["compressed"],
+            parent_run_id=parent_run_id,
+            tracking_uri=tracking_uri,
+            model_name=model_name,
+            min_improvement=min_improvement,
+        )
+    ).set_caching_options(False)
+
+
 @dsl.pipeline(name=PIPELINE_NAME, description="Neural architecture search with MLflow tracking and registry.")
 def nas_pipeline(
     dataset: str = "mnist-5k",
@@ -62,6 +102,7 @@ def nas_pipeline(
     tracking_uri: str = "",
     experiment: str = DEFAULT_EXPERIMENT,
     state_dir: str = "",
+    run_identity: str = "",
 ):
     """Search, train, compress and register a model for ``dataset``.
 
@@ -93,9 +134,16 @@ def nas_pipeline(
         tracking_uri: MLflow URI; empty uses MLFLOW_TRACKING_URI (the cluster ConfigMap).
         experiment: MLflow experiment.
         state_dir: Persistent folder for the tuner state, so a retried search resumes.
+        run_identity: Names the MLflow parent run; a run started again with the same identity
+            (and state_dir) resumes it. Empty: the KFP pipeline-job id.
     """
     finish = _cluster_settings(
-        finish_tracking(tracking_uri=tracking_uri, experiment=experiment, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        finish_tracking(
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            run_identity=run_identity,
+        )
     ).set_caching_options(False)
     with dsl.ExitHandler(finish, name="nas"):
         start = _cluster_settings(
@@ -103,6 +151,7 @@ def nas_pipeline(
                 tracking_uri=tracking_uri,
                 experiment=experiment,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                run_identity=run_identity,
                 pipeline_parameters={
                     "dataset": dataset,
                     "strategy": strategy,
@@ -114,7 +163,7 @@ def nas_pipeline(
                 },
             )
         ).set_caching_options(False)
-        prepared = data_prep(dataset_source=dataset, label_column=label_column, seed=seed)
+        prepared = data_prep(dataset_source=dataset, label_column=label_column, seed=seed).after(start)
         searched = _cluster_settings(
             search(
                 dataset=prepared.outputs["dataset"],
@@ -149,36 +198,27 @@ def nas_pipeline(
             epochs=train_epochs,
             seed=seed,
         )
+        # Both branches wire the same steps after training: kfp.local cannot resolve a
+        # dsl.OneOf over the two branches' models (kfp 2.17), and a cluster run is no worse off.
+        after_training = dict(
+            dataset=prepared.outputs["dataset"],
+            parent_run_id=start.output,
+            tracking_uri=tracking_uri,
+            compression_variants=compression_variants,
+            max_accuracy_drop=max_accuracy_drop,
+            prefer=prefer,
+            seed=seed,
+            model_name=model_name,
+            min_improvement=min_improvement,
+        )
         with dsl.If(use_gpu == True, name="gpu-training"):  # noqa: E712 - a KFP condition, not a Python test
             gpu_trained = _cluster_settings(train(use_gpu=True, **train_args))
             gpu_trained.set_caching_options(False).set_accelerator_type(GPU_ACCELERATOR).set_accelerator_limit(1)
             gpu_trained.set_memory_request("8G")
             kubernetes.add_toleration(gpu_trained, key=GPU_ACCELERATOR, operator="Exists", effect="NoSchedule")
             kubernetes.add_node_selector(gpu_trained, label_key="nvidia.com/gpu.present", label_value="true")
+            _compress_and_register(gpu_trained, **after_training)
         with dsl.Else(name="cpu-training"):
             cpu_trained = _cluster_settings(train(use_gpu=False, **train_args))
             cpu_trained.set_caching_options(False).set_cpu_request("2").set_memory_request("4G")
-        trained_model = dsl.OneOf(gpu_trained.outputs["model"], cpu_trained.outputs["model"])
-        compressed = _cluster_settings(
-            compress(
-                dataset=prepared.outputs["dataset"],
-                model=trained_model,
-                parent_run_id=start.output,
-                tracking_uri=tracking_uri,
-                variants=compression_variants,
-                max_accuracy_drop=max_accuracy_drop,
-                prefer=prefer,
-                seed=seed,
-            )
-        ).set_caching_options(False)
-        _cluster_settings(
-            register(
-                dataset=prepared.outputs["dataset"],
-                model=trained_model,
-                compressed=compressed.outputs["compressed"],
-                parent_run_id=start.output,
-                tracking_uri=tracking_uri,
-                model_name=model_name,
-                min_improvement=min_improvement,
-            )
-        ).set_caching_options(False)
+            _compress_and_register(cpu_trained, **after_training)
