@@ -1,0 +1,90 @@
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from nasflow.compression.distillation import distill, logits_model, width_scaled_copy
+from nasflow.errors import CompressionError
+
+
+class Digits:
+    def __init__(self):
+        digits = load_digits()
+        x = (digits.images / 16.0).astype("float32")[..., None]
+        order = np.random.default_rng(0).permutation(len(x))
+        x, y = x[order], digits.target[order]
+        self.x_train, self.y_train = x[:1400], y[:1400]
+        self.x_test, self.y_test = x[1400:], y[1400:]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return Digits()
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=6, batch_size=32, verbose=0)
+    return model
+
+
+def test_width_scaled_copy_scales_hidden_layers_only(teacher):
+    student = width_scaled_copy(teacher, 0.25)
+    widths = [getattr(layer, "filters", getattr(layer, "units", None)) for layer in student.layers]
+    assert widths == [8, None, None, 16, 10]
+    assert student.count_params() < teacher.count_params() / 4
+
+
+def test_logits_model_is_an_independent_pre_softmax_copy(teacher, digits):
+    logits = logits_model(teacher)
+    batch = digits.x_test[:16]
+    np.testing.assert_allclose(
+        keras.ops.softmax(logits.predict(batch, verbose=0)), teacher.predict(batch, verbose=0), atol=1e-5
+    )
+    assert not set(map(id, logits.layers)) & set(map(id, teacher.layers))
+
+
+def test_distilled_student_trains_and_scratch_twin_is_reported(teacher, digits):
+    trainable_before = [layer.trainable for layer in teacher.layers]
+    result = distill(teacher, digits, width=0.25, epochs=4)
+
+    assert result.student_accuracy > 0.3
+    assert result.scratch_accuracy is not None and result.scratch_accuracy > 0.3
+    assert result.student_params == result.student.count_params() < teacher.count_params() / 4
+    assert result.student.layers[-1].get_config()["activation"] == "softmax"
+    predictions = result.student.predict(digits.x_test[:8], verbose=0)
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
+    assert result.to_dict()["scratch_student_accuracy"] == result.scratch_accuracy
+    # Distiller freezes the teacher it is given; that must be a copy, not the caller's model.
+    assert [layer.trainable for layer in teacher.layers] == trainable_before
+
+
+def test_student_builder_is_used(teacher, digits):
+    def builder():
+        return keras.Sequential(
+            [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
+        )
+
+    result = distill(teacher, digits, student=builder, epochs=5, train_scratch=False)
+    assert result.student_params == 650 and result.scratch_student is None
+    assert result.student_accuracy > 0.3
+
+
+def test_student_without_softmax_is_rejected(teacher, digits):
+    def builder():
+        return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+
+    with pytest.raises(CompressionError, match="softmax"):
+        distill(teacher, digits, student=builder, epochs=1)
