@@ -324,6 +324,7 @@ def compress_step(
     import keras
 
     from nasflow.compression import compress_model
+    from nasflow.compression.pipeline import REPORT_FILES
     from nasflow.data import load_prepared
 
     data = load_prepared(dataset_dir)
@@ -357,10 +358,13 @@ def compress_step(
             )
             run.set_tags({"nasflow.selected": str(variant.name == report.selected).lower()})
             run.log_artifact(variant.path, "model")
-    table_path = Path(output_dir) / "variants.csv"
-    report.to_csv(table_path)
-    (Path(output_dir) / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
-    parent.log_artifact(table_path, "compression")
+    for name, reason in report.skipped.items():
+        with tracking.child_run(
+            parent, f"compress-{name}", tags={tracking.ROLE_TAG: "compression", "nasflow.variant": name}
+        ) as run:
+            run.set_tags({"nasflow.variant_status": "SKIPPED", "nasflow.skip_reason": reason[:5000]})
+    for file_name in REPORT_FILES:
+        parent.log_artifact(Path(output_dir) / file_name, "compression")
     parent.set_tags({"nasflow.compression.selected": report.selected, "nasflow.compression.reason": report.reason})
     selected = next((v for v in [report.baseline, *report.variants] if v.name == report.selected), report.baseline)
     metrics = {
@@ -393,7 +397,9 @@ def register_step(
     from nasflow.registry import promote, register_model
 
     data = load_prepared(dataset_dir)
-    report = _read_json(str(Path(compressed_dir) / "report.json"), "compression report")
+    from nasflow.compression.pipeline import REPORT_FILES
+
+    report = _read_json(str(Path(compressed_dir) / REPORT_FILES[2]), "compression report")
     training = _read_json(str(Path(model_dir) / "training.json"), "training record")
     int8 = next((v for v in report["variants"] if v["name"] == "int8"), None)
     selected_name = report["selected"]

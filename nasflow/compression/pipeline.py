@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from nasflow.compression.selection import (
 from nasflow.compression.structured import structured_prune
 from nasflow.errors import CompressionError
 from nasflow.litert import LiteRTModel, convert_keras_model, measure_latency
+
+logger = logging.getLogger(__name__)
 
 #: Model-changing steps a variant may start with, and the technique name each reports.
 MODEL_STEPS = {
@@ -111,6 +114,9 @@ class CompressionReport:
     variants: list[VariantResult]
     selected: str
     reason: str
+    #: Variants that could not be produced for this model, with the reason
+    #: (e.g. structured pruning of a model with skip connections).
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[VariantResult]:
@@ -135,6 +141,7 @@ class CompressionReport:
             "variants": [v.to_dict() for v in self.variants],
             "selected": self.selected,
             "reason": self.reason,
+            "skipped": dict(self.skipped),
         }
 
     def to_csv(self, path) -> None:
@@ -289,23 +296,35 @@ def compress_model(
         "seed": seed,
     }
     baseline = measure_tflite("float32", "baseline", convert_keras_model(model, "float32"), model, data, output_dir)
-    derived: dict[str, tuple[object, dict]] = {}
+    derived: dict[str, tuple[object, dict] | CompressionError] = {}
     results = []
+    skipped: dict[str, str] = {}
     for name in names:
         step, mode = plans[name]
         source, details = model, {}
-        if step is not None:
-            if step not in derived:
-                derived[step] = _run_model_step(step, model, data, settings)
-            source, details = derived[step][0], dict(derived[step][1])
-        if mode == "float32":
-            content = convert_keras_model(source, "float32")
-        else:
-            content = quantize(source, mode, data.x_train, seed=seed)
-            details.update(quantization=mode, qat=QAT_UNAVAILABLE_REASON)
+        try:
+            if step is not None:
+                if step not in derived:
+                    try:
+                        derived[step] = _run_model_step(step, model, data, settings)
+                    except CompressionError as error:
+                        derived[step] = error
+                if isinstance(derived[step], CompressionError):
+                    raise derived[step]
+                source, details = derived[step][0], dict(derived[step][1])
+            if mode == "float32":
+                content = convert_keras_model(source, "float32")
+            else:
+                content = quantize(source, mode, data.x_train, seed=seed)
+                details.update(quantization=mode, qat=QAT_UNAVAILABLE_REASON)
+        except CompressionError as error:
+            # One technique not applying to this architecture must not cost the others.
+            logger.warning("variant %s skipped: %s", name, error)
+            skipped[name] = str(error)
+            continue
         results.append(measure_tflite(name, technique_of(name), content, source, data, output_dir, details))
     selected, reason = select_variant(baseline, results, max_accuracy_drop, prefer)
-    report = CompressionReport(baseline=baseline, variants=results, selected=selected, reason=reason)
+    report = CompressionReport(baseline=baseline, variants=results, selected=selected, reason=reason, skipped=skipped)
     csv_name, markdown_name, json_name = REPORT_FILES
     report.to_csv(output_dir / csv_name)
     (output_dir / markdown_name).write_text(report.to_markdown(), encoding="utf-8")
