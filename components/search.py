@@ -31,6 +31,8 @@ def search(
     max_size_kb: float = 0.0,
     max_search_minutes: float = 0.0,
     state_dir: str = "",
+    num_workers: int = 0,
+    trials_per_process: int = 0,
 ):
     """Search the space (0 means "no constraint"); outputs the best hyperparameters (JSON), the trial table (CSV) and a report."""
     from nasflow.steps import search_step
@@ -60,6 +62,8 @@ def search(
         },
         max_search_minutes=max_search_minutes,
         state_dir=state_dir,
+        num_workers=num_workers,
+        trials_per_process=trials_per_process,
     )
     for name, value in metrics.items():
         search_metrics.log_metric(name, value)

@@ -88,6 +88,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tracking-uri", default="", help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     group.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     group.add_argument("--state-dir", default="", help="persistent tuner state folder (resume after a crash)")
+    group.add_argument("--workers", dest="num_workers", type=int, default=0, help="search worker processes")
+    group.add_argument(
+        "--trials-per-process", type=int, default=0, help="recycle a search worker after N trials (0: never)"
+    )
     group.add_argument(
         "--run-identity", default="", help="name of this run; run again with the same name to resume it after a crash"
     )
@@ -98,6 +102,7 @@ PIPELINE_PARAMETER_NAMES = (
     "objective_mode", "cost_metric", "cost_target", "reward_exponent", "selection", "max_params", "max_flops",
     "max_latency_ms", "max_size_kb", "train_epochs", "use_gpu", "compression_variants", "max_accuracy_drop",
     "prefer", "model_name", "min_improvement", "seed", "tracking_uri", "experiment", "state_dir", "run_identity",
+    "num_workers", "trials_per_process",
 )  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from nasflow.errors import InvalidArchitectureError, SearchError
 
 logger = logging.getLogger(__name__)
 
+PROJECT_NAME = "search"
 STRATEGIES = ("random", "bayesian", "hyperband", "evolution", "reinforce")
 OBJECTIVE_NAME = "score"
 
@@ -64,6 +65,11 @@ class SearchSettings:
     max_consecutive_failed_trials: int = 5
     batch_size: int | None = None
     measure_latency: bool = True
+    #: Worker processes pulling trials from one chief oracle (0: trials run in this process).
+    num_workers: int = 0
+    #: Start a fresh worker process after this many trials (0: never), to keep the
+    #: per-trial overhead flat despite Keras' leak across builds.
+    trials_per_process: int = 0
 
     def validate(self) -> None:
         """Raise ``SearchError`` naming the first bad setting."""
@@ -75,6 +81,13 @@ class SearchSettings:
             raise SearchError(f"epochs must be at least 1, got {self.epochs}")
         if self.max_search_minutes < 0:
             raise SearchError(f"max_search_minutes must be >= 0, got {self.max_search_minutes}")
+        if self.num_workers < 0 or self.trials_per_process < 0:
+            raise SearchError("num_workers and trials_per_process must be >= 0")
+
+    @property
+    def uses_worker_processes(self) -> bool:
+        """Whether trials run in worker processes rather than in this one."""
+        return self.num_workers > 0 or self.trials_per_process > 0
 
 
 @dataclass
@@ -101,6 +114,10 @@ class SearchResult:
 
 class _BudgetExhausted(Exception):
     """Raised between trials when ``max_search_minutes`` has passed."""
+
+
+class _QuotaReached(Exception):
+    """Raised between trials when this process has run its share of trials."""
 
 
 def make_oracle(
@@ -179,9 +196,19 @@ def _make_tuner_class():
             self.nas = nas_context
             super().__init__(**kwargs)
 
+        nas_trials_run = 0
+        nas_quota_reached = False
+
         def pre_create_trial(self):
             if self.nas.deadline is not None and time.monotonic() > self.nas.deadline:
                 raise _BudgetExhausted()
+            if self.nas.trials_this_process and self.nas_trials_run >= self.nas.trials_this_process:
+                self.nas_quota_reached = True
+                raise _QuotaReached()
+
+        def on_trial_end(self, trial):
+            self.nas_trials_run += 1
+            super().on_trial_end(trial)
 
         def run_trial(self, trial, *args, **kwargs):
             return self.nas.run_trial(self, trial, EpochLogger)
@@ -206,6 +233,7 @@ class _TrialContext:
     deadline: float | None = None
     #: trial id -> MLflow run id of an attempt a crash interrupted (set on resume).
     interrupted_runs: dict[str, str] = field(default_factory=dict)
+    trials_this_process: int = 0
 
     @property
     def input_shape(self) -> list[int]:
@@ -265,6 +293,8 @@ class _TrialContext:
         architecture = _safe_describe(describe_architecture, self.space, values)
         run = None
         if self.parent is not None:
+            # A worker that died mid-trial leaves its run RUNNING; the retry closes it.
+            self.interrupted_runs.update(close_running_attempts(self.parent, trial.trial_id))
             run = tracking.start_child_run(
                 self.parent,
                 run_name=f"trial-{trial.trial_id}",
@@ -422,7 +452,9 @@ def run_search(
     parent: tracking.RunHandle | None,
     work_dir: str | Path,
     overwrite: bool = True,
-    project_name: str = "search",
+    project_name: str = PROJECT_NAME,
+    in_process: bool = True,
+    trials_this_process: int = 0,
 ):
     """Run the search and return the chosen trial.
 
@@ -435,6 +467,8 @@ def run_search(
         work_dir: Where Keras Tuner keeps its oracle state and trial checkpoints.
         overwrite: Start afresh (``True``) or resume what ``work_dir`` holds.
         project_name: Keras Tuner project folder name inside ``work_dir``.
+        in_process: Always true here; worker processes are started by ``nasflow.distributed``.
+        trials_this_process: Stop after this many trials (a recycled worker); 0: no limit.
 
     Returns:
         The tuner (already searched). Call :func:`collect_trials` and
@@ -452,7 +486,7 @@ def run_search(
     hyperparameters = keras_tuner.HyperParameters()
     space.declare(hyperparameters)
     deadline = time.monotonic() + settings.max_search_minutes * 60 if settings.max_search_minutes else None
-    context = _TrialContext(space, data, settings, objective, parent, deadline)
+    context = _TrialContext(space, data, settings, objective, parent, deadline, trials_this_process=trials_this_process)
     oracle = make_oracle(
         settings.strategy,
         settings.max_trials,
@@ -471,12 +505,15 @@ def run_search(
         project_name=project_name,
         overwrite=overwrite,
     )
-    if parent is not None and not overwrite:
+    if parent is not None and not overwrite and not _is_distributed_worker():
+        # Only the process that owns the oracle knows which trials have ended.
         context.interrupted_runs = reconcile_trial_runs(parent, tuner.oracle)
     try:
         tuner.search()
     except _BudgetExhausted:
         logger.info("search stopped: the wall-clock budget of %.1f min is used up", settings.max_search_minutes)
+    except _QuotaReached:
+        logger.info("this process ran its %d trials; a fresh one takes over", trials_this_process)
     except RuntimeError as error:
         if "consecutive failures" not in str(error):
             raise
@@ -486,9 +523,42 @@ def run_search(
     return tuner
 
 
+def _is_distributed_worker() -> bool:
+    """Whether Keras Tuner runs this process as a worker of a chief oracle (env-configured)."""
+    return bool(os.environ.get("KERASTUNER_ORACLE_IP")) and os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
+
+
 def _last_failure_reason(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[-1][:300] if len(lines) > 1 else "unknown"
+
+
+def close_running_attempts(parent: tracking.RunHandle, trial_id: str) -> dict[str, str]:
+    """Close, as KILLED, runs of this trial that a dead process left RUNNING."""
+    client = parent.client
+    experiment_id = tracking.with_retry(lambda: client.get_run(parent.run_id), "get parent run").info.experiment_id
+    runs = tracking.with_retry(
+        lambda: client.search_runs(
+            [experiment_id],
+            filter_string=(
+                f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}' and tags.`nasflow.trial_id` = '{trial_id}'"
+                " and attributes.status = 'RUNNING'"
+            ),
+        ),
+        "find interrupted attempts",
+    )
+    closed = {}
+    for run in runs:
+        handle = tracking.RunHandle(client, run.info.run_id)
+        handle.set_tags(
+            {
+                "nasflow.trial_status": "KILLED",
+                tracking.FAILURE_REASON_TAG: "interrupted: the process running this trial stopped",
+            }
+        )
+        handle.terminate("KILLED")
+        closed[trial_id] = run.info.run_id
+    return closed
 
 
 def reconcile_trial_runs(parent: tracking.RunHandle, oracle) -> dict[str, str]:

@@ -122,6 +122,8 @@ def search_step(
     objective: Mapping[str, Any] | None = None,
     max_search_minutes: float = 0.0,
     state_dir: str = "",
+    num_workers: int = 0,
+    trials_per_process: int = 0,
 ) -> dict[str, float]:
     """Run the architecture search and write the best hyperparameters, trial table and report.
 
@@ -131,6 +133,7 @@ def search_step(
     from nasflow.data import load_prepared
     from nasflow.objectives import ObjectiveConfig
     from nasflow.search import (
+        PROJECT_NAME,
         SearchSettings,
         choose_best,
         collect_trials,
@@ -149,7 +152,13 @@ def search_step(
         )
     objective_config = _objective_config(objective or {}, ObjectiveConfig)
     settings = SearchSettings(
-        strategy=strategy, max_trials=max_trials, epochs=epochs, seed=seed, max_search_minutes=max_search_minutes
+        strategy=strategy,
+        max_trials=max_trials,
+        epochs=epochs,
+        seed=seed,
+        max_search_minutes=max_search_minutes,
+        num_workers=num_workers,
+        trials_per_process=trials_per_process,
     )
     settings.validate()
     parent = tracking.open_parent(tracking_uri, parent_run_id)
@@ -166,8 +175,11 @@ def search_step(
     parent.log_artifact(space_path, "search_space")
     # A persistent state folder (PVC/bucket on a cluster) lets a retried task resume.
     work_dir = Path(state_dir) if state_dir else Path(best_hyperparameters_path).parent / "tuner"
-    resume = bool(state_dir) and (work_dir / "search" / "oracle.json").exists()
-    run_search(data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume)
+    resume = bool(state_dir) and (work_dir / PROJECT_NAME / "oracle.json").exists()
+    if settings.uses_worker_processes:
+        _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume)
+    else:
+        run_search(data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume)
 
     rows = collect_trials(parent)
     Path(trial_table_path).parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +205,35 @@ def search_step(
     metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
     parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
     return metrics
+
+
+def _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume) -> None:
+    """Chief + worker processes: local processes, or an indexed Job when running in a pod."""
+    from dataclasses import asdict
+
+    from nasflow import distributed
+
+    spec = distributed.WorkerSpec(
+        dataset_dir=str(Path(dataset_dir).resolve()),
+        space_config=space.to_dict(),
+        space_source=str(space_path),
+        settings=asdict(settings),
+        objective=asdict(objective_config),
+        parent_run_id=parent.run_id,
+        tracking_uri=parent.client.tracking_uri,
+        work_dir=str(Path(work_dir).resolve()),
+        overwrite=not resume,
+    )
+    if distributed.in_kubernetes() and settings.num_workers > 0:
+        distributed.run_search_on_cluster(
+            spec, num_workers=settings.num_workers, trials_per_process=settings.trials_per_process
+        )
+        return
+    with distributed.tracking_for_workers(spec.tracking_uri, settings.num_workers) as worker_uri:
+        spec.tracking_uri = worker_uri
+        distributed.run_search_processes(
+            spec, num_workers=settings.num_workers, trials_per_process=settings.trials_per_process
+        )
 
 
 def _objective_config(values: Mapping[str, Any], config_cls):

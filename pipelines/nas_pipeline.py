@@ -103,6 +103,8 @@ def nas_pipeline(
     experiment: str = DEFAULT_EXPERIMENT,
     state_dir: str = "",
     run_identity: str = "",
+    num_workers: int = 0,
+    trials_per_process: int = 0,
 ):
     """Search, train, compress and register a model for ``dataset``.
 
@@ -136,6 +138,8 @@ def nas_pipeline(
         state_dir: Persistent folder for the tuner state, so a retried search resumes.
         run_identity: Names the MLflow parent run; a run started again with the same identity
             (and state_dir) resumes it. Empty: the KFP pipeline-job id.
+        num_workers: Search workers pulling trials from one chief oracle (0: trials in the search task).
+        trials_per_process: Recycle a worker process after this many trials (0: never).
     """
     finish = _cluster_settings(
         finish_tracking(
@@ -185,6 +189,8 @@ def nas_pipeline(
                 max_size_kb=max_size_kb,
                 max_search_minutes=max_search_minutes,
                 state_dir=state_dir,
+                num_workers=num_workers,
+                trials_per_process=trials_per_process,
             )
         )
         searched.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(

@@ -1,0 +1,297 @@
+"""Run a search as Keras Tuner's chief oracle plus worker processes.
+
+Two needs share this machinery:
+
+* **Fan-out** (``num_workers`` > 1): N workers pull trials from one chief oracle over
+  gRPC (``KERASTUNER_TUNER_ID``/``KERASTUNER_ORACLE_IP``/``KERASTUNER_ORACLE_PORT``).
+  Locally they are processes on 127.0.0.1; on a cluster an indexed Kubernetes Job.
+* **Flat per-trial cost** (``trials_per_process`` > 0): Keras 3 / TF 2.21 leak objects on
+  every build + fit, so a long-lived trial process gets slower with every trial. A
+  worker exits after N trials and is started again under the same tuner id; the chief
+  keeps the oracle, so nothing is lost and resume keeps working.
+
+The chief is a process of its own too, so a worker failing for good can stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nasflow import tracking
+from nasflow.errors import ClusterError, SearchError
+
+logger = logging.getLogger(__name__)
+
+#: Exit code of a worker that stopped because it reached its trial quota.
+RECYCLE_EXIT_CODE = 75
+#: A worker slot that fails this many times in a row fails the search.
+MAX_CONSECUTIVE_WORKER_FAILURES = 3
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a chief or worker process needs, as JSON."""
+
+    dataset_dir: str
+    space_config: dict[str, Any]
+    space_source: str
+    settings: dict[str, Any]
+    objective: dict[str, Any]
+    parent_run_id: str
+    tracking_uri: str
+    work_dir: str
+    overwrite: bool
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as JSON and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> WorkerSpec:
+        """Read a spec written by :meth:`save`."""
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+@contextlib.contextmanager
+def tracking_for_workers(tracking_uri: str, num_workers: int) -> Iterator[str]:
+    """A tracking URI several processes may write to at once.
+
+    SQLite takes one writer at a time; with more than one worker a local ``mlflow
+    server`` on loopback fronts the same store for the duration of the search.
+    """
+    if num_workers <= 1 or tracking.is_remote(tracking_uri):
+        yield tracking_uri
+        return
+    port = free_port()
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"nasflow-mlflow-{port}.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                tracking.check_reachable(uri, timeout_s=1)
+                break
+            except Exception as error:  # noqa: BLE001 - keep polling until the deadline
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SearchError(f"could not start a local MLflow server for the workers (log: {log_path})") from error
+                time.sleep(0.5)
+        yield uri
+    finally:
+        _stop(server)
+
+
+def _stop(process: subprocess.Popen, timeout_s: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, 15)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.wait(timeout=timeout_s)
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    meaningful = [line for line in text if line.strip() and "oneDNN" not in line and "absl" not in line]
+    return " | ".join(meaningful[-lines:])
+
+
+def _launch(spec_path: Path, role: str, tuner_id: str, port: int, quota: int, log_dir: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update(
+        KERASTUNER_TUNER_ID=tuner_id,
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT=str(port),
+        # One thread per worker: on a small machine, N workers x all cores oversubscribes.
+        TF_NUM_INTRAOP_THREADS=env.get("TF_NUM_INTRAOP_THREADS", "1"),
+        TF_NUM_INTEROP_THREADS=env.get("TF_NUM_INTEROP_THREADS", "1"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    command = [sys.executable, "-m", "nasflow.search_worker", "--spec", str(spec_path), "--role", role]
+    if quota:
+        command += ["--trials-per-process", str(quota)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / f"{tuner_id}.log").open("a") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_search_processes(
+    spec: WorkerSpec,
+    *,
+    num_workers: int,
+    trials_per_process: int = 0,
+    timeout_s: float | None = None,
+) -> dict[str, int]:
+    """Run the chief and ``num_workers`` recycled worker processes on this machine.
+
+    Returns:
+        Per tuner id, how many processes it took (1 + recycles + restarts).
+
+    Raises:
+        SearchError: The chief died, or a worker slot failed repeatedly.
+    """
+    num_workers = max(1, num_workers)
+    work_dir = Path(spec.work_dir)
+    log_dir = work_dir / "logs"
+    spec_path = spec.save(work_dir / "worker_spec.json")
+    port = free_port()
+    chief = _launch(spec_path, "chief", "chief", port, 0, log_dir)
+    workers: dict[str, subprocess.Popen] = {}
+    processes_per_slot = {f"tuner{k}": 0 for k in range(num_workers)}
+    failures = dict.fromkeys(processes_per_slot, 0)
+    done: set[str] = set()
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    try:
+        while not _port_open("127.0.0.1", port):
+            if chief.poll() is not None:
+                raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}")
+            time.sleep(0.3)
+        for tuner_id in processes_per_slot:
+            workers[tuner_id] = _launch(spec_path, "worker", tuner_id, port, trials_per_process, log_dir)
+            processes_per_slot[tuner_id] += 1
+        while len(done) < num_workers:
+            if deadline is not None and time.monotonic() > deadline:
+                raise SearchError(f"the distributed search did not finish within {timeout_s:.0f}s")
+            if chief.poll() is not None and chief.returncode != 0:
+                raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}")
+            for tuner_id, process in list(workers.items()):
+                code = process.poll()
+                if code is None or tuner_id in done:
+                    continue
+                if code == 0:
+                    done.add(tuner_id)
+                    continue
+                if code == RECYCLE_EXIT_CODE:
+                    failures[tuner_id] = 0
+                else:
+                    failures[tuner_id] += 1
+                    logger.warning("worker %s exited with code %s: %s", tuner_id, code, _tail(log_dir / f"{tuner_id}.log"))
+                    if failures[tuner_id] >= MAX_CONSECUTIVE_WORKER_FAILURES:
+                        raise SearchError(
+                            f"worker {tuner_id} failed {failures[tuner_id]} times in a row (exit code {code}): "
+                            f"{_tail(log_dir / f'{tuner_id}.log')}"
+                        )
+                workers[tuner_id] = _launch(spec_path, "worker", tuner_id, port, trials_per_process, log_dir)
+                processes_per_slot[tuner_id] += 1
+            time.sleep(0.5)
+        # Every worker is done. The chief stops by itself once the oracle has stopped; a
+        # wall-clock budget ends the workers without stopping the oracle, so end it here.
+        try:
+            chief.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            _stop(chief)
+    finally:
+        for process in workers.values():
+            _stop(process)
+        _stop(chief)
+    return processes_per_slot
+
+
+def in_kubernetes() -> bool:
+    """Whether this process runs in a Kubernetes pod."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def run_search_on_cluster(
+    spec: WorkerSpec, *, num_workers: int, trials_per_process: int = 0, timeout_s: float = 24 * 3600
+) -> None:
+    """Chief in this pod, workers as an indexed Job owned by it (garbage-collected with it).
+
+    The spec's ``work_dir`` and ``dataset_dir`` must be on a volume the worker pods
+    mount at the same path (the pipeline's ``state_dir`` on a PVC).
+    """
+    from nasflow.config import image_reference
+    from nasflow.workers import ORACLE_PORT, launch_workers, wait_for_workers, worker_job_manifest
+
+    pod_name = os.environ.get("HOSTNAME", "")
+    pod_uid = os.environ.get("NASFLOW_POD_UID", "")
+    namespace = os.environ.get("NASFLOW_NAMESPACE") or _current_namespace()
+    if not pod_name or not pod_uid:
+        raise ClusterError("distributed search on a cluster needs HOSTNAME and NASFLOW_POD_UID (downward API)")
+    chief_ip = socket.gethostbyname(socket.gethostname())
+    work_dir = Path(spec.work_dir)
+    spec_path = spec.save(work_dir / "worker_spec.json")
+    env = dict(os.environ, KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="0.0.0.0", KERASTUNER_ORACLE_PORT=str(ORACLE_PORT))
+    log_dir = work_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "chief.log").open("a") as log:
+        chief = subprocess.Popen(
+            [sys.executable, "-m", "nasflow.search_worker", "--spec", str(spec_path), "--role", "chief"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    command = ["python", "-m", "nasflow.search_worker", "--spec", str(spec_path), "--role", "worker", "--supervise"]
+    if trials_per_process:
+        command += ["--trials-per-process", str(trials_per_process)]
+    manifest = worker_job_manifest(
+        chief_ip=chief_ip,
+        oracle_port=ORACLE_PORT,
+        num_workers=num_workers,
+        image=image_reference(),
+        owner_pod_name=pod_name,
+        owner_pod_uid=pod_uid,
+        namespace=namespace,
+        command=command,
+        env={"MLFLOW_TRACKING_URI": spec.tracking_uri},
+        cpu=os.environ.get("NASFLOW_WORKER_CPU", "1"),
+        memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
+    )
+    try:
+        launch_workers(manifest)
+        wait_for_workers(manifest["metadata"]["name"], namespace, timeout_s)
+        chief.wait(timeout=120)
+    finally:
+        _stop_plain(chief)
+
+
+def _stop_plain(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _current_namespace() -> str:
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.exists() else "default"
