@@ -1,0 +1,76 @@
+"""The nasflow command line: subcommands, validation of options, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from nasflow.cli import PIPELINE_PARAMETER_NAMES, build_parser, main, pipeline_parameters
+from pipelines.nas_pipeline import nas_pipeline
+
+
+def test_every_pipeline_parameter_has_an_option():
+    pipeline_inputs = set(nas_pipeline.component_spec.inputs)
+    assert set(PIPELINE_PARAMETER_NAMES) == pipeline_inputs
+    params = pipeline_parameters(build_parser().parse_args(["run"]))
+    assert set(params) == pipeline_inputs
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["run", "--max-trials", "0"], "must be at least 1"),
+        (["run", "--strategy", "grid"], "invalid choice"),
+        (["run", "--epochs", "x"], "invalid"),
+        (["run", "--max-accuracy-drop", "-1"], "must be >= 0"),
+    ],
+)
+def test_bad_options_exit_non_zero(argv, message, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_validate_prints_size(capsys):
+    from nasflow.config import repo_root
+
+    assert main(["validate", str(repo_root() / "search_spaces" / "cnn.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "valid cnn space" in out and "continuous" in out
+
+
+def test_validate_counts_a_discrete_space(tmp_path, capsys):
+    space = tmp_path / "small.yaml"
+    space.write_text(
+        "name: small\nfamily: mlp\nmodality: tabular\nhyperparameters:\n"
+        "  - {name: num_layers, type: int, min: 1, max: 2}\n"
+        "  - repeat:\n      count: num_layers\n      hyperparameters:\n"
+        "        - {name: units, type: choice, values: [8, 16]}\n"
+        "  - {name: activation, type: choice, values: [relu, tanh]}\n"
+        "  - {name: learning_rate, type: fixed, value: 0.001}\n"
+    )
+    assert main(["validate", str(space)]) == 0
+    # 1 layer: 2 unit choices; 2 layers: 4; times 2 activations.
+    assert "12 distinct architectures" in capsys.readouterr().out
+
+
+def test_validate_bad_file_is_one_line(tmp_path, capsys):
+    space = tmp_path / "bad.yaml"
+    space.write_text("name: x\nfamily: resnet\nmodality: image\nhyperparameters: []\n")
+    assert main(["validate", str(space)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nasflow: validate:") and "bad.yaml" in err[0]
+
+
+def test_compile_writes_yaml(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--output", str(out)]) == 0
+    assert "pipelineInfo" in out.read_text()
+
+
+def test_submit_with_bad_param_is_rejected(tmp_path, capsys):
+    package = tmp_path / "p.yaml"
+    main(["compile", "--output", str(package)])
+    code = main(["submit", "--host", "http://127.0.0.1:9", "--package", str(package), "--param", "nonsense=1"])
+    assert code == 2
+    assert "--param" in capsys.readouterr().err
