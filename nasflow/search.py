@@ -199,6 +199,14 @@ def _make_tuner_class():
         nas_trials_run = 0
         nas_quota_reached = False
 
+        def _populate_initial_space(self):
+            # The space declares every hyperparameter and condition itself, so Keras
+            # Tuner need not build models to discover them (slow, and a default
+            # architecture may not even fit the input).
+            hp = self.oracle.get_space()
+            self.nas.space.declare(hp)
+            self.oracle.update_space(hp)
+
         def pre_create_trial(self):
             if self.nas.deadline is not None and time.monotonic() > self.nas.deadline:
                 raise _BudgetExhausted()
