@@ -196,6 +196,11 @@ def nas_pipeline(
         searched.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(
             num_retries=2, backoff_duration="30s"
         )
+        # As the chief of a distributed search it owns the worker Job (garbage-collected
+        # with this pod) and is what the NetworkPolicy lets the workers reach.
+        kubernetes.add_pod_label(searched, label_key="nasflow.io/role", label_value="search-chief")
+        kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_POD_UID", field_path="metadata.uid")
+        kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_NAMESPACE", field_path="metadata.namespace")
         train_args = dict(
             dataset=prepared.outputs["dataset"],
             best_hyperparameters=searched.outputs["best_hyperparameters"],
