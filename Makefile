@@ -9,8 +9,9 @@ DATASET     ?= mnist-5k
 STRATEGY    ?= bayesian
 MAX_TRIALS  ?= 8
 EPOCHS      ?= 3
-TRAIN_EPOCHS ?= 8
+TRAIN_EPOCHS ?= 10
 SEED        ?= 42
+VARIANTS    ?= float16 int8 dynamic structured_prune+int8
 
 .PHONY: venv run test lint compile image image-gpu clean
 
@@ -25,7 +26,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/nasflow run --dataset $(DATASET) --strategy $(STRATEGY) --max-trials $(MAX_TRIALS) \
-		--epochs $(EPOCHS) --train-epochs $(TRAIN_EPOCHS) --seed $(SEED)
+		--epochs $(EPOCHS) --train-epochs $(TRAIN_EPOCHS) --seed $(SEED) --compression-variants $(VARIANTS)
 
 # checkov cannot share a venv with our pins (it needs packaging<24, pytest 9 needs >=24),
 # so the security scan of the manifests gets a venv of its own.
