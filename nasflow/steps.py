@@ -184,14 +184,14 @@ def search_step(
     rows = collect_trials(parent)
     Path(trial_table_path).parent.mkdir(parents=True, exist_ok=True)
     write_trial_table(rows, trial_table_path)
-    parent.log_artifact(trial_table_path, "search")
+    _log_named(parent, trial_table_path, "trials.csv", "search")
     result = choose_best(rows, objective_config)
     document = result.best_hyperparameters_json(str(space_path))
     document["search_space_config"] = space.to_dict()
     document["objective"] = objective_config.__dict__
     Path(best_hyperparameters_path).parent.mkdir(parents=True, exist_ok=True)
     Path(best_hyperparameters_path).write_text(json.dumps(document, indent=2, default=str))
-    parent.log_artifact(best_hyperparameters_path, "search")
+    _log_named(parent, best_hyperparameters_path, "best_hyperparameters.json", "search")
     parent.set_tags({"nasflow.best_trial_id": result.best_trial_id, "nasflow.best_architecture": result.best_row["architecture"]})
     tracking.set_tags(parent.client, result.best_row["mlflow_run_id"], {"nasflow.best_trial": "true"})
 
@@ -234,6 +234,17 @@ def _search_with_workers(dataset_dir, space, space_path, settings, objective_con
         distributed.run_search_processes(
             spec, num_workers=settings.num_workers, trials_per_process=settings.trials_per_process
         )
+
+
+def _log_named(run: tracking.RunHandle, path: str, file_name: str, artifact_dir: str) -> None:
+    """Log a KFP artifact file (which has no extension) under a name a person can open."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        named = Path(folder) / file_name
+        shutil.copyfile(path, named)
+        run.log_artifact(named, artifact_dir or None)
 
 
 def _objective_config(values: Mapping[str, Any], config_cls):
@@ -487,5 +498,5 @@ def register_step(
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
     Path(summary_path).write_text(json.dumps(summary, indent=2))
     parent = tracking.open_parent(uri, parent_run_id)
-    parent.log_artifact(summary_path, "summary")
+    _log_named(parent, summary_path, "summary.json", "")
     return summary
