@@ -288,6 +288,12 @@ def _search_report(rows, result, objective_config, folder: Path) -> str:
         plot_pareto(rows, result.pareto_front, chosen, folder / "pareto.png", cost_key=cost_key)
     except Exception as error:  # a plot is a nicety; the search result stands without it
         logger.warning("could not draw the Pareto plot: %s", error)
+    else:
+        import base64
+
+        # Inline, so the KFP UI shows the plot without access to the MLflow store.
+        encoded = base64.b64encode((folder / "pareto.png").read_bytes()).decode("ascii")
+        lines += ["", f"![Pareto front: accuracy against {cost_key}](data:image/png;base64,{encoded})"]
     return "\n".join(lines)
 
 

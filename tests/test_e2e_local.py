@@ -153,6 +153,8 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
                 tracking_uri=uri,
                 model_name="digits-server",
                 compression_variants=["float16", "int8", "structured_prune+int8"],
+                # With this seed the first trial's model is ~137 KB; the other two are smaller.
+                max_size_kb=100.0,
             ),
             tmp_path / "runs",
             stream=None,
@@ -162,6 +164,15 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
         pareto = {item.path for item in client.list_artifacts(result.summary["parent_run_id"], "search")}
         assert any(path.endswith("pareto.png") for path in pareto), pareto
         assert any(path.endswith("pareto.csv") for path in pareto), pareto
+        trials = _runs(client, result.summary["parent_run_id"], "trial")
+        infeasible = [run for run in trials if run.data.tags["nasflow.trial_status"] == "INFEASIBLE"]
+        assert infeasible, "the size constraint marks at least one trial infeasible"
+        for run in infeasible:
+            assert run.data.tags["nasflow.feasible"] == "false"
+            assert "max_size_kb" in run.data.tags["nasflow.infeasible_reason"]
+            assert run.data.metrics["size_bytes"] / 1024 > 100
+        chosen = client.get_run(result.summary["parent_run_id"]).data.tags["nasflow.best_trial_id"]
+        assert chosen not in {run.data.tags["nasflow.trial_id"] for run in infeasible}
         variants = {v["name"] for v in result.summary["variants"]}
         assert "structured_prune+int8" in variants
         json.dumps(result.summary)
