@@ -1,25 +1,15 @@
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from digits_data import digits_splits
 
 from nasflow.compression.distillation import distill, logits_model, width_scaled_copy
 from nasflow.errors import CompressionError
 
 
-class Digits:
-    def __init__(self):
-        digits = load_digits()
-        x = (digits.images / 16.0).astype("float32")[..., None]
-        order = np.random.default_rng(0).permutation(len(x))
-        x, y = x[order], digits.target[order]
-        self.x_train, self.y_train = x[:1400], y[:1400]
-        self.x_test, self.y_test = x[1400:], y[1400:]
-
-
 @pytest.fixture(scope="module")
 def digits():
-    return Digits()
+    return digits_splits(1400)
 
 
 @pytest.fixture(scope="module")

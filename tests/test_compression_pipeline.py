@@ -5,27 +5,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from digits_data import digits_splits
 
 from nasflow.compression import REPORT_FILES, VARIANTS, compress_model, parse_variant, technique_of
 from nasflow.errors import CompressionError
 from nasflow.litert import LiteRTModel
 
 
-class Digits:
-    def __init__(self):
-        digits = load_digits()
-        x = (digits.images / 16.0).astype("float32")[..., None]
-        order = np.random.default_rng(0).permutation(len(x))
-        x, y = x[order], digits.target[order]
-        self.x_train, self.y_train = x[:1200], y[:1200]
-        self.x_val, self.y_val = x[1200:1450], y[1200:1450]
-        self.x_test, self.y_test = x[1450:], y[1450:]
-
-
 @pytest.fixture(scope="module")
 def trained():
-    data = Digits()
+    data = digits_splits(1200, 250)
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [

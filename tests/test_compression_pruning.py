@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from digits_data import digits_splits
 
 from nasflow.compression.pruning import (
     MagnitudePruningCallback,
@@ -16,20 +16,9 @@ from nasflow.compression.pruning import (
 from nasflow.errors import CompressionError
 
 
-class Digits:
-    def __init__(self):
-        digits = load_digits()
-        x = (digits.images / 16.0).astype("float32")[..., None]
-        order = np.random.default_rng(0).permutation(len(x))
-        x, y = x[order], digits.target[order]
-        self.x_train, self.y_train = x[:1400], y[:1400]
-        self.x_val, self.y_val = x[1400:1500], y[1400:1500]
-        self.x_test, self.y_test = x[1500:], y[1500:]
-
-
 @pytest.fixture(scope="module")
 def digits():
-    return Digits()
+    return digits_splits(1400, 100)
 
 
 @pytest.fixture(scope="module")
