@@ -1,6 +1,6 @@
 """Declarative search spaces: YAML in, validated ``SearchSpace`` out, Keras Tuner models built.
 
-The format is documented in ``docs/search_space_format.md``. Parsing is strict in the
+The format is documented in the README ("Search spaces"). Parsing is strict in the
 way Katib's NAS config is: every key is known, every hyperparameter is typed, every
 condition points backwards at a legal parent value, and the space is checked against
 what its family's builder reads (``nasflow.architectures``). Any input yields either a
