@@ -261,31 +261,6 @@ class _TrialContext:
             return self.objective.replace(cost_target=1.0)
         return self.objective
 
-    def cheap_violations(self, values: Mapping[str, Any]) -> list[str]:
-        """Constraints that can be checked from the architecture alone (params, FLOPs)."""
-        from nasflow.costs import count_flops, count_params
-        from nasflow.objectives import constraint_violations
-
-        if not any(getattr(self.objective, name) for name in ("max_params", "max_flops")):
-            return []
-        import keras
-        import keras_tuner
-
-        hp = keras_tuner.HyperParameters()
-        self.space.declare(hp)
-        for name, value in values.items():
-            if name in hp.values:
-                hp.values[name] = value
-        try:
-            model = self.space.build_model(hp, self.input_shape, self.num_classes)
-        except InvalidArchitectureError as error:
-            return [str(error)]
-        costs = {"params": count_params(model), "flops": count_flops(model)}
-        del model
-        keras.backend.clear_session(free_memory=False)
-        violations = constraint_violations(costs, self.objective)
-        return [v for v in violations if v.startswith(("params", "flops"))]
-
     def run_trial(self, tuner, trial, epoch_logger_cls) -> dict[str, float]:
         """Build, train, measure and score one candidate; record it as a nested MLflow run."""
         import keras
@@ -347,8 +322,7 @@ class _TrialContext:
                 # architecture that does not fit the input is not a failure of the search.
                 raise
             params, flops = count_params(model), count_flops(model)
-            cheap = constraint_violations({"params": params, "flops": flops}, self.objective)
-            cheap = [v for v in cheap if v.startswith(("params", "flops"))]
+            cheap = constraint_violations({"params": params, "flops": flops}, self.objective.cheap_constraints())
             if cheap:
                 # Over a cheap constraint: never worth training, never selectable.
                 reason = "; ".join(cheap)
@@ -487,6 +461,7 @@ def run_search(
     """
     import keras_tuner
 
+    from nasflow.costs import cheap_constraint_check
     from nasflow.objectives import ObjectiveConfig
 
     settings.validate()
@@ -502,7 +477,9 @@ def run_search(
         settings.seed,
         hyperparameters,
         settings.max_consecutive_failed_trials,
-        constraint_check=context.cheap_violations,
+        constraint_check=cheap_constraint_check(
+            lambda hp: space.build_model(hp, context.input_shape, context.num_classes), hyperparameters, objective
+        ),
     )
     tuner_class = _make_tuner_class()
     tuner = tuner_class(

@@ -118,3 +118,15 @@ def test_invalid_architectures_are_recorded_not_fatal(digits, parent, tmp_path):
     rows = collect_trials(parent)
     assert rows and {row["status"] for row in rows} == {"INVALID"}
     assert "spatial size" in rows[0]["reason"]
+
+
+def test_evolution_resamples_architectures_over_a_cheap_constraint(digits, parent, tmp_path):
+    space = load_search_space(resolve_search_space("cnn", "image"))
+    objective = ObjectiveConfig(max_params=20_000)
+    settings = SearchSettings("evolution", max_trials=3, epochs=1, seed=4)
+    tuner = run_search(digits, space, settings, objective, parent=parent, work_dir=tmp_path)
+    rows = collect_trials(parent)
+    assert len(rows) == 3
+    # Oversized candidates were redrawn before training, so none is even recorded.
+    assert all(row["status"] == "COMPLETED" and row["params"] <= 20_000 for row in rows), rows
+    assert tuner.oracle.constraint_rejections > 0
