@@ -518,30 +518,29 @@ def _last_failure_reason(message: str) -> str:
     return lines[-1][:300] if len(lines) > 1 else "unknown"
 
 
-def close_running_attempts(parent: tracking.RunHandle, trial_id: str) -> dict[str, str]:
-    """Close, as KILLED, runs of this trial that a dead process left RUNNING."""
+def _trial_runs(parent: tracking.RunHandle, extra_filter: str = "", max_results: int = 5000) -> list:
+    """The nested trial runs of ``parent`` (optionally narrowed by an MLflow filter)."""
     client = parent.client
     experiment_id = tracking.with_retry(lambda: client.get_run(parent.run_id), "get parent run").info.experiment_id
-    runs = tracking.with_retry(
-        lambda: client.search_runs(
-            [experiment_id],
-            filter_string=(
-                f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}' and tags.`nasflow.trial_id` = '{trial_id}'"
-                " and attributes.status = 'RUNNING'"
-            ),
-        ),
-        "find interrupted attempts",
+    query = f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}' and tags.`{tracking.ROLE_TAG}` = 'trial'"
+    if extra_filter:
+        query += f" and {extra_filter}"
+    return tracking.with_retry(
+        lambda: client.search_runs([experiment_id], filter_string=query, max_results=max_results), "list trial runs"
     )
+
+
+def _close_as_killed(parent: tracking.RunHandle, run_id: str, reason: str) -> None:
+    handle = tracking.RunHandle(parent.client, run_id)
+    handle.set_tags({"nasflow.trial_status": "KILLED", tracking.FAILURE_REASON_TAG: f"interrupted: {reason}"})
+    handle.terminate("KILLED")
+
+
+def close_running_attempts(parent: tracking.RunHandle, trial_id: str) -> dict[str, str]:
+    """Close, as KILLED, runs of this trial that a dead process left RUNNING."""
     closed = {}
-    for run in runs:
-        handle = tracking.RunHandle(client, run.info.run_id)
-        handle.set_tags(
-            {
-                "nasflow.trial_status": "KILLED",
-                tracking.FAILURE_REASON_TAG: "interrupted: the process running this trial stopped",
-            }
-        )
-        handle.terminate("KILLED")
+    for run in _trial_runs(parent, f"tags.`nasflow.trial_id` = '{trial_id}' and attributes.status = 'RUNNING'"):
+        _close_as_killed(parent, run.info.run_id, "the process running this trial stopped")
         closed[trial_id] = run.info.run_id
     return closed
 
@@ -561,30 +560,13 @@ def reconcile_trial_runs(parent: tracking.RunHandle, oracle) -> dict[str, str]:
         for trial_id, trial in getattr(oracle, "trials", {}).items()
         if str(trial.status) in ("COMPLETED", "FAILED", "INVALID")
     }
-    client = parent.client
-    experiment_id = tracking.with_retry(lambda: client.get_run(parent.run_id), "get parent run").info.experiment_id
-    runs = tracking.with_retry(
-        lambda: client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}' and tags.`{tracking.ROLE_TAG}` = 'trial'",
-            max_results=5000,
-        ),
-        "list trial runs",
-    )
     interrupted: dict[str, str] = {}
-    for run in runs:
+    for run in _trial_runs(parent):
         trial_id = run.data.tags.get("nasflow.trial_id", "")
         if run.info.status == "KILLED":
             continue
         if run.info.status == "RUNNING" or trial_id not in ended:
-            handle = tracking.RunHandle(client, run.info.run_id)
-            handle.set_tags(
-                {
-                    "nasflow.trial_status": "KILLED",
-                    tracking.FAILURE_REASON_TAG: "interrupted: the search process stopped during this trial",
-                }
-            )
-            handle.terminate("KILLED")
+            _close_as_killed(parent, run.info.run_id, "the search process stopped during this trial")
             interrupted[trial_id] = run.info.run_id
     return interrupted
 
