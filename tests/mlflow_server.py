@@ -67,6 +67,7 @@ def running_mlflow_server(
     workers: int = 1,
     startup_timeout_s: float = 90.0,
     wait: bool = True,
+    port: int | None = None,
 ) -> Iterator[str]:
     """Run ``mlflow server`` on a free loopback port for the duration of the block.
 
@@ -79,6 +80,7 @@ def running_mlflow_server(
         wait: Whether to wait for ``/health`` before yielding. With ``False`` the block
             runs while the server boots (e.g. to train a model meanwhile) and must call
             :func:`wait_until_healthy` before the first request.
+        port: A fixed port (e.g. to restart a server where its clients expect it).
 
     Yields:
         The tracking URI, e.g. ``http://127.0.0.1:43125``.
@@ -88,7 +90,7 @@ def running_mlflow_server(
     backend = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
     artifacts = root / "mlflow-artifacts"
     artifacts.mkdir(exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     log_path = root / "mlflow-server.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
@@ -98,7 +100,7 @@ def running_mlflow_server(
         "--backend-store-uri", backend,
         "--artifacts-destination", str(artifacts),
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
         )
