@@ -162,6 +162,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if params["run_identity"] and not params["state_dir"]:
         # Resuming needs the tuner state where the next attempt will look for it.
         params["state_dir"] = str((Path(args.output_dir) / "state" / params["run_identity"]).resolve())
+    if params["search_space"]:
+        # Fail in a second on a bad space file, not after data prep and the search task's retries.
+        from nasflow.search_space import load_search_space, resolve_search_space
+
+        load_search_space(resolve_search_space(params["search_space"], "image"))
     if not args.quiet:
         print(f"nasflow {__version__}: running the NAS pipeline locally (kfp.local) on {params['dataset']}", file=sys.stderr)
     result = run_pipeline_locally(params, args.output_dir, stream=None if args.quiet else sys.stderr)
