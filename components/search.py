@@ -16,7 +16,7 @@ def search(
     search_report: Output[Markdown],
     tracking_uri: str = "",
     search_space: str = "",
-    strategy: str = "bayesian",
+    strategy: str = "reinforce",
     max_trials: int = 8,
     epochs: int = 3,
     seed: int = 42,

@@ -31,7 +31,7 @@ EXIT_ERROR = 2
 #: Defaults of ``nasflow run`` (the small local budget of ``make run``).
 RUN_DEFAULTS = {
     "dataset": "mnist-5k",
-    "strategy": "bayesian",
+    "strategy": "reinforce",  # nasflow.search.DEFAULT_STRATEGY
     "max_trials": 8,
     "epochs": 3,
     "train_epochs": 10,

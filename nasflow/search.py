@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 PROJECT_NAME = "search"
 STRATEGIES = ("random", "bayesian", "hyperband", "evolution", "reinforce")
+#: The strategy bench/search_efficiency.py found best (bench/results/search_efficiency.md).
+DEFAULT_STRATEGY = "reinforce"
 OBJECTIVE_NAME = "score"
 
 #: Trial statuses written to the ``nasflow.trial_status`` tag of each nested run.
@@ -57,7 +59,7 @@ TRIAL_TABLE_COLUMNS = (
 class SearchSettings:
     """Everything that shapes one search, apart from data and space."""
 
-    strategy: str = "bayesian"
+    strategy: str = DEFAULT_STRATEGY
     max_trials: int = 10
     epochs: int = 3
     seed: int = 42

@@ -78,7 +78,7 @@ def nas_pipeline(
     dataset: str = "mnist-5k",
     label_column: str = "label",
     search_space: str = "",
-    strategy: str = "bayesian",
+    strategy: str = "reinforce",
     max_trials: int = 8,
     epochs: int = 3,
     max_search_minutes: float = 0.0,

@@ -74,3 +74,11 @@ def test_submit_with_bad_param_is_rejected(tmp_path, capsys):
     code = main(["submit", "--host", "http://127.0.0.1:9", "--package", str(package), "--param", "nonsense=1"])
     assert code == 2
     assert "--param" in capsys.readouterr().err
+
+
+def test_one_default_strategy_everywhere():
+    from nasflow.search import DEFAULT_STRATEGY, SearchSettings
+
+    args = build_parser().parse_args(["run"])
+    assert args.strategy == DEFAULT_STRATEGY == SearchSettings().strategy
+    assert nas_pipeline.component_spec.inputs["strategy"].default == DEFAULT_STRATEGY

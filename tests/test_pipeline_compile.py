@@ -10,6 +10,7 @@ import yaml
 
 from nasflow.cli import DEFAULT_PACKAGE, compile_pipeline
 from nasflow.config import image_reference, repo_root
+from nasflow.search import DEFAULT_STRATEGY
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_pipeline_parameters_are_typed_with_defaults(compiled):
     assert parameters["max_trials"]["defaultValue"] == 8
     assert parameters["use_gpu"]["parameterType"] == "BOOLEAN"
     assert parameters["compression_variants"]["parameterType"] == "LIST"
-    assert parameters["strategy"]["defaultValue"] == "bayesian"
+    assert parameters["strategy"]["defaultValue"] == DEFAULT_STRATEGY
 
 
 def test_gpu_training_requests_an_accelerator(compiled):
