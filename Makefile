@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Default budget of `make run`: a few minutes on 2 CPU cores.
 DATASET     ?= mnist-5k
 STRATEGY    ?= reinforce
-MAX_TRIALS  ?= 12
+MAX_TRIALS  ?= 20
 EPOCHS      ?= 3
 TRAIN_EPOCHS ?= 10
 SEED        ?= 42
