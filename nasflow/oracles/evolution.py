@@ -15,7 +15,6 @@ from keras_tuner.engine import trial as trial_module
 
 from nasflow.errors import SearchError
 from nasflow.oracles.base import (
-    ConstraintCheck,
     SeededOracle,
     active_hyperparameters,
     can_mutate,
@@ -41,14 +40,8 @@ class EvolutionOracle(SeededOracle):
         crossover_probability: Chance a child is first a uniform crossover of two parents.
         mutation_weights: Relative chance, by hyperparameter name, of being the one mutated
             (default 1 for every name not listed; 0 freezes a hyperparameter).
-        hyperparameters: Optional predefined search space.
-        allow_new_entries: See ``keras_tuner.Oracle``.
-        tune_new_entries: See ``keras_tuner.Oracle``.
-        seed: Random seed; None for a random one (0 is a seed like any other).
-        max_retries_per_trial: See ``keras_tuner.Oracle``.
-        max_consecutive_failed_trials: See ``keras_tuner.Oracle``.
-        constraint_check: Maps values to violation messages; violating children are redrawn.
-        max_constraint_attempts: Proposals per trial before the search stops.
+        **oracle_kwargs: The shared oracle settings of :class:`SeededOracle` (search space,
+            seed, retries, failure limit, constraint check).
     """
 
     def __init__(
@@ -59,14 +52,7 @@ class EvolutionOracle(SeededOracle):
         sample_size: int = 5,
         crossover_probability: float = 0.0,
         mutation_weights: Mapping[str, float] | None = None,
-        hyperparameters=None,
-        allow_new_entries: bool = True,
-        tune_new_entries: bool = True,
-        seed: int | None = None,
-        max_retries_per_trial: int = 0,
-        max_consecutive_failed_trials: int = 3,
-        constraint_check: ConstraintCheck | None = None,
-        max_constraint_attempts: int = 100,
+        **oracle_kwargs,
     ):
         if population_size < 1:
             raise SearchError(f"evolution population_size must be at least 1, got {population_size}")
@@ -76,18 +62,7 @@ class EvolutionOracle(SeededOracle):
             raise SearchError(
                 f"evolution crossover_probability must be in [0, 1], got {crossover_probability}"
             )
-        super().__init__(
-            objective=objective,
-            max_trials=max_trials,
-            hyperparameters=hyperparameters,
-            allow_new_entries=allow_new_entries,
-            tune_new_entries=tune_new_entries,
-            seed=seed,
-            max_retries_per_trial=max_retries_per_trial,
-            max_consecutive_failed_trials=max_consecutive_failed_trials,
-            constraint_check=constraint_check,
-            max_constraint_attempts=max_constraint_attempts,
-        )
+        super().__init__(objective=objective, max_trials=max_trials, **oracle_kwargs)
         self.population_size = population_size
         self.sample_size = sample_size
         self.crossover_probability = crossover_probability

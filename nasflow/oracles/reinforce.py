@@ -18,7 +18,7 @@ import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
 from nasflow.errors import SearchError
-from nasflow.oracles.base import ConstraintCheck, SeededOracle, discrete_values, hp_key
+from nasflow.oracles.base import SeededOracle, discrete_values, hp_key
 
 #: Normalized advantages are clipped to this magnitude so one outlier cannot saturate a softmax.
 ADVANTAGE_CLIP = 5.0
@@ -47,14 +47,8 @@ class ReinforceOracle(SeededOracle):
         constraint_penalty: Negative (normalized) advantage applied to a proposal the
             constraint check refused, so the policy learns to avoid infeasible regions
             without spending a trial on them; 0 disables it.
-        hyperparameters: Optional predefined search space.
-        allow_new_entries: See ``keras_tuner.Oracle``.
-        tune_new_entries: See ``keras_tuner.Oracle``.
-        seed: Random seed; None for a random one (0 is a seed like any other).
-        max_retries_per_trial: See ``keras_tuner.Oracle``.
-        max_consecutive_failed_trials: See ``keras_tuner.Oracle``.
-        constraint_check: Maps values to violation messages; violating samples are redrawn.
-        max_constraint_attempts: Proposals per trial before the search stops.
+        **oracle_kwargs: The shared oracle settings of :class:`SeededOracle` (search space,
+            seed, retries, failure limit, constraint check).
     """
 
     def __init__(
@@ -67,14 +61,7 @@ class ReinforceOracle(SeededOracle):
         normalize_advantage: bool = True,
         bins: int = 8,
         constraint_penalty: float = 1.0,
-        hyperparameters=None,
-        allow_new_entries: bool = True,
-        tune_new_entries: bool = True,
-        seed: int | None = None,
-        max_retries_per_trial: int = 0,
-        max_consecutive_failed_trials: int = 3,
-        constraint_check: ConstraintCheck | None = None,
-        max_constraint_attempts: int = 100,
+        **oracle_kwargs,
     ):
         if learning_rate <= 0:
             raise SearchError(f"reinforce learning_rate must be positive, got {learning_rate}")
@@ -82,18 +69,7 @@ class ReinforceOracle(SeededOracle):
             raise SearchError(f"reinforce baseline_decay must be in [0, 1), got {baseline_decay}")
         if bins < 2:
             raise SearchError(f"reinforce bins must be at least 2, got {bins}")
-        super().__init__(
-            objective=objective,
-            max_trials=max_trials,
-            hyperparameters=hyperparameters,
-            allow_new_entries=allow_new_entries,
-            tune_new_entries=tune_new_entries,
-            seed=seed,
-            max_retries_per_trial=max_retries_per_trial,
-            max_consecutive_failed_trials=max_consecutive_failed_trials,
-            constraint_check=constraint_check,
-            max_constraint_attempts=max_constraint_attempts,
-        )
+        super().__init__(objective=objective, max_trials=max_trials, **oracle_kwargs)
         self.learning_rate = learning_rate
         self.baseline_decay = baseline_decay
         self.entropy_weight = entropy_weight
