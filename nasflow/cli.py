@@ -58,16 +58,28 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     from nasflow.search import STRATEGIES
 
     group = parser.add_argument_group("pipeline parameters")
-    group.add_argument("--dataset", default=RUN_DEFAULTS["dataset"], help="mnist-5k, digits, wine, keras:NAME or a path")
+    group.add_argument(
+        "--dataset", default=RUN_DEFAULTS["dataset"], help="mnist-5k, digits, wine, keras:NAME or a path"
+    )
     group.add_argument("--label-column", default="label", help="label column of CSV/Parquet data")
     group.add_argument("--search-space", default="", help="bundled name (cnn, mlp, mobile_cnn) or YAML path")
     group.add_argument("--strategy", default=RUN_DEFAULTS["strategy"], choices=STRATEGIES)
     group.add_argument("--max-trials", type=_positive_int, default=RUN_DEFAULTS["max_trials"])
-    group.add_argument("--epochs", type=_positive_int, default=RUN_DEFAULTS["epochs"], help="epochs per trial")
-    group.add_argument("--max-search-minutes", type=_non_negative_float, default=0.0, help="wall-clock budget (0: none)")
-    group.add_argument("--objective", dest="objective_mode", default="accuracy", choices=("accuracy", "reward", "pareto"))
-    group.add_argument("--cost-metric", default="latency_ms", choices=("latency_ms", "size_kb", "params", "flops"))
-    group.add_argument("--cost-target", type=_non_negative_float, default=0.0, help="reward target T (0: none)")
+    group.add_argument(
+        "--epochs", type=_positive_int, default=RUN_DEFAULTS["epochs"], help="epochs per trial"
+    )
+    group.add_argument(
+        "--max-search-minutes", type=_non_negative_float, default=0.0, help="wall-clock budget (0: none)"
+    )
+    group.add_argument(
+        "--objective", dest="objective_mode", default="accuracy", choices=("accuracy", "reward", "pareto")
+    )
+    group.add_argument(
+        "--cost-metric", default="latency_ms", choices=("latency_ms", "size_kb", "params", "flops")
+    )
+    group.add_argument(
+        "--cost-target", type=_non_negative_float, default=0.0, help="reward target T (0: none)"
+    )
     group.add_argument("--reward-exponent", type=float, default=-0.07, help="reward exponent w")
     group.add_argument("--selection", default="most_accurate", choices=("most_accurate", "knee"))
     group.add_argument("--max-params", type=int, default=0)
@@ -77,7 +89,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-epochs", type=_positive_int, default=RUN_DEFAULTS["train_epochs"])
     group.add_argument("--use-gpu", action="store_true", help="request one GPU for training")
     group.add_argument(
-        "--compression-variants", nargs="+", default=["float16", "int8"], metavar="VARIANT",
+        "--compression-variants",
+        nargs="+",
+        default=["float16", "int8"],
+        metavar="VARIANT",
         help="e.g. float16 int8 dynamic structured_prune+int8 magnitude_prune distill+int8",
     )
     group.add_argument("--max-accuracy-drop", type=_non_negative_float, default=1.0, help="points")
@@ -85,7 +100,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     group.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
     group.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"])
-    group.add_argument("--tracking-uri", default="", help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    group.add_argument(
+        "--tracking-uri", default="", help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
     group.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     group.add_argument("--state-dir", default="", help="persistent tuner state folder (resume after a crash)")
     group.add_argument("--workers", dest="num_workers", type=int, default=0, help="search worker processes")
@@ -93,7 +110,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         "--trials-per-process", type=int, default=0, help="recycle a search worker after N trials (0: never)"
     )
     group.add_argument(
-        "--run-identity", default="", help="name of this run; run again with the same name to resume it after a crash"
+        "--run-identity",
+        default="",
+        help="name of this run; run again with the same name to resume it after a crash",
     )
 
 
@@ -131,13 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="write the pipeline's KFP IR YAML")
     compile_.add_argument("--output", default=None, help=f"default: {DEFAULT_PACKAGE} in the source tree")
 
-    for name, help_text in (("submit", "start a run on Kubeflow Pipelines"), ("schedule", "create a recurring run")):
+    for name, help_text in (
+        ("submit", "start a run on Kubeflow Pipelines"),
+        ("schedule", "create a recurring run"),
+    ):
         remote = commands.add_parser(name, help=help_text)
-        remote.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kfp.example.com/pipeline")
+        remote.add_argument(
+            "--host", required=True, help="KFP API endpoint, e.g. https://kfp.example.com/pipeline"
+        )
         remote.add_argument("--experiment-name", "--kfp-experiment", dest="kfp_experiment", default="nasflow")
         remote.add_argument("--package", default=None, help="compiled pipeline YAML (default: compile now)")
         remote.add_argument("--token-env", default="KFP_BEARER_TOKEN", help="env var holding a bearer token")
-        remote.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra parameter (JSON value)")
+        remote.add_argument(
+            "--param", action="append", default=[], metavar="KEY=VALUE", help="extra parameter (JSON value)"
+        )
+        if name == "submit":
+            remote.add_argument(
+                "--wait", action="store_true", help="wait for the run to end; fail unless it succeeds"
+            )
+            remote.add_argument("--timeout-minutes", type=_non_negative_float, default=24 * 60)
+            remote.add_argument("--poll-seconds", type=_non_negative_float, default=10.0)
         if name == "schedule":
             remote.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (5 or 6 fields)')
             remote.add_argument("--job-name", default=None)
@@ -168,7 +200,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         load_search_space(resolve_search_space(params["search_space"], "image"))
     if not args.quiet:
-        print(f"nasflow {__version__}: running the NAS pipeline locally (kfp.local) on {params['dataset']}", file=sys.stderr)
+        print(
+            f"nasflow {__version__}: running the NAS pipeline locally (kfp.local) on {params['dataset']}",
+            file=sys.stderr,
+        )
     result = run_pipeline_locally(params, args.output_dir, stream=None if args.quiet else sys.stderr)
     print(format_summary(result.summary, result.seconds))
     print(f"  artifacts         : {result.run_dir}")
@@ -193,7 +228,9 @@ def _remote_parameters(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or key not in PIPELINE_PARAMETER_NAMES:
-            raise NasflowError(f"--param {item!r}: expected KEY=VALUE with KEY one of the pipeline parameters")
+            raise NasflowError(
+                f"--param {item!r}: expected KEY=VALUE with KEY one of the pipeline parameters"
+            )
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -213,9 +250,24 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from nasflow.remote import submit_pipeline
 
     run = submit_pipeline(
-        args.host, _package(args), _remote_parameters(args), experiment=args.kfp_experiment, token_env=args.token_env
+        args.host,
+        _package(args),
+        _remote_parameters(args),
+        experiment=args.kfp_experiment,
+        token_env=args.token_env,
     )
-    print(f"run_id: {run.run_id}\nurl: {run.url}")
+    print(f"run_id: {run.run_id}\nurl: {run.url}", flush=True)
+    if args.wait:
+        from nasflow.remote import wait_for_run
+
+        state = wait_for_run(
+            args.host,
+            run.run_id,
+            timeout_s=args.timeout_minutes * 60,
+            poll_s=args.poll_seconds,
+            token_env=args.token_env,
+        )
+        print(f"state: {state}")
     return 0
 
 

@@ -255,6 +255,39 @@ def submit_pipeline(
     return SubmittedRun(run_id=run.run_id, url=f"{host}/#/runs/details/{run.run_id}")
 
 
+def wait_for_run(
+    host: str,
+    run_id: str,
+    *,
+    timeout_s: float = 24 * 3600,
+    poll_s: float = 10.0,
+    token_env: str = "KFP_BEARER_TOKEN",
+) -> str:
+    """Block until a run ends; CI uses it so that the promotion gate judges this run.
+
+    Returns:
+        The final state (``SUCCEEDED``).
+
+    Raises:
+        ClusterError: The run ended in another state, or did not end within ``timeout_s``.
+    """
+    import kfp_server_api
+
+    client = make_client(host, token_env)
+    host = _normalize_host(host)
+    url = f"{host}/#/runs/details/{run_id}"
+    try:
+        run = client.wait_for_run_completion(run_id, timeout=timeout_s, sleep_duration=poll_s)
+    except TimeoutError as error:
+        raise ClusterError(f"run {run_id} did not finish within {timeout_s:.0f}s ({url})") from error
+    except kfp_server_api.ApiException as error:
+        raise _api_error("follow the run", host, error) from error
+    state = str(run.state).upper()
+    if state != "SUCCEEDED":
+        raise ClusterError(f"run {run_id} ended {state} ({url})")
+    return state
+
+
 def schedule_pipeline(
     host: str,
     package_path: str,

@@ -6,7 +6,7 @@ It is a real HTTP server (``http.server`` in a thread on 127.0.0.1, a free port)
 - ``GET  /apis/v2beta1/healthz``
 - ``GET  /apis/v2beta1/experiments`` (honours the ``display_name`` EQUALS filter)
 - ``POST /apis/v2beta1/experiments``
-- ``POST /apis/v2beta1/runs``
+- ``POST /apis/v2beta1/runs`` and ``GET /apis/v2beta1/runs/{id}`` (``submit --wait``)
 - ``POST /apis/v2beta1/recurringruns``
 
 Every request is recorded (method, path, query, headers with lower-case names, JSON body) for assertions. If
@@ -38,6 +38,9 @@ class FakeKfpServer:
     required_token: str | None = None
     requests: list[Recorded] = field(default_factory=list)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: State a run reports after its first look (RUNNING); e.g. "FAILED" to test a failure.
+    final_run_state: str = "SUCCEEDED"
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -88,7 +91,16 @@ class FakeKfpServer:
             self.experiments.append(experiment)
             return 200, experiment
         if method == "POST" and path == "/apis/v2beta1/runs":
-            return 200, {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+            run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+            self.runs[run["run_id"]] = run
+            return 200, run
+        if method == "GET" and path.startswith("/apis/v2beta1/runs/"):
+            run = self.runs.get(path.rsplit("/", 1)[1])
+            if run is None:
+                return 404, {"error": "run not found", "code": 5}
+            # First look: still running; afterwards: the outcome the test chose.
+            run["state"] = "RUNNING" if run["state"] == "PENDING" else self.final_run_state
+            return 200, run
         if method == "POST" and path == "/apis/v2beta1/recurringruns":
             return 200, {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
         return 404, {"error": f"fake KFP server has no {method} {path}", "code": 5}

@@ -196,3 +196,22 @@ def test_normalize_cron_accepts(expression, expected):
 def test_normalize_cron_rejects(expression, message):
     with pytest.raises(ClusterError, match=message):
         normalize_cron(expression)
+
+
+@pytest.mark.parametrize("final_state,succeeds", [("SUCCEEDED", True), ("FAILED", False)])
+def test_submit_wait_follows_the_run_to_its_end(kfp_server, package, capsys, final_state, succeeds):
+    from nasflow.cli import main as cli_main
+    from nasflow.remote import wait_for_run
+
+    kfp_server.final_run_state = final_state
+    run = submit_pipeline(kfp_server.url, package, {"message": "ho", "repeats": 1})
+    if succeeds:
+        assert wait_for_run(kfp_server.url, run.run_id, poll_s=0.05) == "SUCCEEDED"
+    else:
+        with pytest.raises(ClusterError, match=rf"run {run.run_id} ended FAILED .*#/runs/details/{run.run_id}"):
+            wait_for_run(kfp_server.url, run.run_id, poll_s=0.05)
+    polls = kfp_server.calls("GET", f"/apis/v2beta1/runs/{run.run_id}")
+    assert len(polls) == 2, "polled while RUNNING, stopped at the final state"
+    # The CLI's exit code is what CI gates on.
+    code = cli_main(["submit", "--host", kfp_server.url, "--package", package, "--wait", "--poll-seconds", "0.05", "--param", "seed=1"])
+    assert code == (0 if succeeds else 2)

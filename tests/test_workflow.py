@@ -22,7 +22,7 @@ REMOTE_OPTIONS = {"--host", "--experiment-name", "--package", "--param", "--toke
 CLI_OPTIONS: dict[str, set[str]] = {
     "run": PIPELINE_OPTIONS | {"--workers", "--output-dir"},
     "compile": {"--output"},
-    "submit": PIPELINE_OPTIONS | REMOTE_OPTIONS,
+    "submit": PIPELINE_OPTIONS | REMOTE_OPTIONS | {"--wait", "--timeout-minutes", "--poll-seconds"},
     "schedule": PIPELINE_OPTIONS | REMOTE_OPTIONS | {"--cron", "--job-name"},
     "promote": {"--model-name", "--version", "--tracking-uri", "--min-improvement", "--metric"},
     "validate": set(),
