@@ -19,6 +19,12 @@ IMAGE_NAME = "nasflow"
 DEFAULT_EXPERIMENT = "nasflow"
 DEFAULT_MODEL_NAME = "nasflow-model"
 
+#: The cluster's settings ConfigMap and MLflow credentials Secret (k8s/base); pipeline steps
+#: and search workers read the tracking URI and credentials from them, never from literals.
+CLUSTER_CONFIG_MAP = "nasflow-config"
+CLUSTER_CREDENTIALS_SECRET = "nasflow-mlflow-credentials"
+MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
 #: Aliases the registry uses instead of the deprecated stages.
 CHALLENGER_ALIAS = "challenger"
 CHAMPION_ALIAS = "champion"

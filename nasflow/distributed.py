@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nasflow import tracking
-from nasflow.errors import ClusterError, SearchError
+from nasflow.errors import ClusterError, SearchError, meaningful_lines
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def tracking_for_workers(tracking_uri: str, num_workers: int) -> Iterator[str]:
                 break
             except Exception as error:  # noqa: BLE001 - keep polling until the deadline
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SearchError(f"could not start a local MLflow server for the workers (log: {log_path})") from error
+                    raise SearchError(
+                        f"could not start a local MLflow server for the workers (log: {log_path})"
+                    ) from error
                 time.sleep(0.5)
         yield uri
     finally:
@@ -129,30 +131,38 @@ def _stop(process: subprocess.Popen, timeout_s: float = 15) -> None:
 
 def _tail(path: Path, lines: int = 3) -> str:
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        text = path.read_text(errors="replace")
     except OSError:
         return ""
-    meaningful = [line for line in text if line.strip() and "oneDNN" not in line and "absl" not in line]
-    return " | ".join(meaningful[-lines:])
+    return " | ".join(meaningful_lines(text)[-lines:])
 
 
-def _launch(spec_path: Path, role: str, tuner_id: str, port: int, quota: int, log_dir: Path) -> subprocess.Popen:
+def _launch(
+    spec_path: Path,
+    role: str,
+    tuner_id: str,
+    port: int,
+    quota: int,
+    log_dir: Path,
+    *,
+    oracle_ip: str = "127.0.0.1",
+    one_thread: bool = True,
+) -> subprocess.Popen:
     env = dict(os.environ)
-    env.update(
-        KERASTUNER_TUNER_ID=tuner_id,
-        KERASTUNER_ORACLE_IP="127.0.0.1",
-        KERASTUNER_ORACLE_PORT=str(port),
+    env.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=oracle_ip, KERASTUNER_ORACLE_PORT=str(port))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if one_thread:
         # One thread per worker: on a small machine, N workers x all cores oversubscribes.
-        TF_NUM_INTRAOP_THREADS=env.get("TF_NUM_INTRAOP_THREADS", "1"),
-        TF_NUM_INTEROP_THREADS=env.get("TF_NUM_INTEROP_THREADS", "1"),
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
+        env.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+        env.setdefault("TF_NUM_INTEROP_THREADS", "1")
     command = [sys.executable, "-m", "nasflow.search_worker", "--spec", str(spec_path), "--role", role]
     if quota:
         command += ["--trials-per-process", str(quota)]
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{tuner_id}.log").open("a") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def run_search_processes(
@@ -182,10 +192,7 @@ def run_search_processes(
     done: set[str] = set()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     try:
-        while not _port_open("127.0.0.1", port):
-            if chief.poll() is not None:
-                raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}")
-            time.sleep(0.3)
+        _wait_for_oracle(chief, "127.0.0.1", port, log_dir / "chief.log")
         for tuner_id in processes_per_slot:
             workers[tuner_id] = _launch(spec_path, "worker", tuner_id, port, trials_per_process, log_dir)
             processes_per_slot[tuner_id] += 1
@@ -193,7 +200,9 @@ def run_search_processes(
             if deadline is not None and time.monotonic() > deadline:
                 raise SearchError(f"the distributed search did not finish within {timeout_s:.0f}s")
             if chief.poll() is not None and chief.returncode != 0:
-                raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}")
+                raise SearchError(
+                    f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}"
+                )
             for tuner_id, process in list(workers.items()):
                 code = process.poll()
                 if code is None or tuner_id in done:
@@ -205,7 +214,12 @@ def run_search_processes(
                     failures[tuner_id] = 0
                 else:
                     failures[tuner_id] += 1
-                    logger.warning("worker %s exited with code %s: %s", tuner_id, code, _tail(log_dir / f"{tuner_id}.log"))
+                    logger.warning(
+                        "worker %s exited with code %s: %s",
+                        tuner_id,
+                        code,
+                        _tail(log_dir / f"{tuner_id}.log"),
+                    )
                     if failures[tuner_id] >= MAX_CONSECUTIVE_WORKER_FAILURES:
                         raise SearchError(
                             f"worker {tuner_id} failed {failures[tuner_id]} times in a row (exit code {code}): "
@@ -214,12 +228,7 @@ def run_search_processes(
                 workers[tuner_id] = _launch(spec_path, "worker", tuner_id, port, trials_per_process, log_dir)
                 processes_per_slot[tuner_id] += 1
             time.sleep(0.5)
-        # Every worker is done. The chief stops by itself once the oracle has stopped; a
-        # wall-clock budget ends the workers without stopping the oracle, so end it here.
-        try:
-            chief.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            _stop(chief)
+        _wait_for_chief_end(chief, log_dir / "chief.log")
     finally:
         for process in workers.values():
             _stop(process)
@@ -233,63 +242,134 @@ def in_kubernetes() -> bool:
 
 
 def run_search_on_cluster(
-    spec: WorkerSpec, *, num_workers: int, trials_per_process: int = 0, timeout_s: float = 24 * 3600
+    spec: WorkerSpec,
+    *,
+    num_workers: int,
+    trials_per_process: int = 0,
+    timeout_s: float = 24 * 3600,
+    api_client: Any | None = None,
+    chief_ip: str | None = None,
+    bind_host: str = "0.0.0.0",  # noqa: S104 - workers in other pods connect to the chief
+    oracle_port: int | None = None,
+    bootstrap_port: int | None = None,
+    poll_s: int = 10,
 ) -> None:
     """Chief in this pod, workers as an indexed Job owned by it (garbage-collected with it).
 
-    The spec's ``work_dir`` and ``dataset_dir`` must be on a volume the worker pods
-    mount at the same path (the pipeline's ``state_dir`` on a PVC).
+    1. The chief oracle starts as a subprocess; until its port answers, nothing else does.
+    2. The spec and dataset are served read-only to the workers
+       (:mod:`nasflow.worker_bootstrap`): worker pods share no volume with this one.
+    3. The Job is created (or adopted after a restart of this pod's step) and followed; every
+       ``poll_s`` seconds the chief is checked too, and a dead chief stops the workers.
+
+    Args:
+        spec: What the chief and workers run.
+        num_workers: Worker pods.
+        trials_per_process: Recycle a worker process after this many trials (0: never).
+        timeout_s: Longest the search may take.
+        api_client: Kubernetes API client; defaults to the pod's in-cluster configuration.
+        chief_ip: Address the workers reach this pod on; defaults to ``NASFLOW_POD_IP``
+            (downward API ``status.podIP``), then the address of this host name.
+        bind_host: Address the oracle and bootstrap servers listen on.
+        oracle_port: Oracle port (``KERASTUNER_ORACLE_PORT``, else :data:`~nasflow.workers.ORACLE_PORT`).
+        bootstrap_port: Bootstrap port (``NASFLOW_BOOTSTRAP_PORT``, else
+            :data:`~nasflow.workers.BOOTSTRAP_PORT`).
+        poll_s: Longest single watch of the Job, i.e. how late a dead chief is noticed.
+
+    Raises:
+        ClusterError: The pod lacks its downward-API settings, or the worker Job failed.
+        SearchError: The chief oracle failed.
     """
-    from nasflow.config import image_reference
-    from nasflow.workers import ORACLE_PORT, launch_workers, wait_for_workers, worker_job_manifest
+    from nasflow.config import CLUSTER_CREDENTIALS_SECRET, MLFLOW_CREDENTIAL_KEYS, image_reference
+    from nasflow.worker_bootstrap import BootstrapServer
+    from nasflow.workers import (
+        BOOTSTRAP_PORT,
+        ORACLE_PORT,
+        launch_workers,
+        wait_for_workers,
+        worker_job_manifest,
+    )
 
     pod_name = os.environ.get("HOSTNAME", "")
     pod_uid = os.environ.get("NASFLOW_POD_UID", "")
     namespace = os.environ.get("NASFLOW_NAMESPACE") or _current_namespace()
     if not pod_name or not pod_uid:
-        raise ClusterError("distributed search on a cluster needs HOSTNAME and NASFLOW_POD_UID (downward API)")
-    chief_ip = socket.gethostbyname(socket.gethostname())
+        raise ClusterError(
+            "distributed search on a cluster needs HOSTNAME and NASFLOW_POD_UID (downward API)"
+        )
+    chief_ip = chief_ip or os.environ.get("NASFLOW_POD_IP") or socket.gethostbyname(socket.gethostname())
+    oracle_port = oracle_port or int(os.environ.get("KERASTUNER_ORACLE_PORT") or ORACLE_PORT)
+    bootstrap_port = bootstrap_port or int(os.environ.get("NASFLOW_BOOTSTRAP_PORT") or BOOTSTRAP_PORT)
     work_dir = Path(spec.work_dir)
-    spec_path = spec.save(work_dir / "worker_spec.json")
-    env = dict(os.environ, KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP="0.0.0.0", KERASTUNER_ORACLE_PORT=str(ORACLE_PORT))
     log_dir = work_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "chief.log").open("a") as log:
-        chief = subprocess.Popen(
-            [sys.executable, "-m", "nasflow.search_worker", "--spec", str(spec_path), "--role", "chief"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    command = ["python", "-m", "nasflow.search_worker", "--spec", str(spec_path), "--role", "worker", "--supervise"]
-    if trials_per_process:
-        command += ["--trials-per-process", str(trials_per_process)]
-    manifest = worker_job_manifest(
-        chief_ip=chief_ip,
-        oracle_port=ORACLE_PORT,
-        num_workers=num_workers,
-        image=image_reference(),
-        owner_pod_name=pod_name,
-        owner_pod_uid=pod_uid,
-        namespace=namespace,
-        command=command,
-        env={"MLFLOW_TRACKING_URI": spec.tracking_uri},
-        cpu=os.environ.get("NASFLOW_WORKER_CPU", "1"),
-        memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
+    spec_path = spec.save(work_dir / "worker_spec.json")
+    chief = _launch(
+        spec_path, "chief", "chief", oracle_port, 0, log_dir, oracle_ip=bind_host, one_thread=False
     )
     try:
-        launch_workers(manifest)
-        wait_for_workers(manifest["metadata"]["name"], namespace, timeout_s)
-        chief.wait(timeout=120)
+        local_address = "127.0.0.1" if bind_host == "0.0.0.0" else bind_host  # noqa: S104
+        _wait_for_oracle(chief, local_address, oracle_port, log_dir / "chief.log")
+        command = [
+            "python", "-m", "nasflow.search_worker", "--spec-url", f"http://{chief_ip}:{bootstrap_port}",
+            "--role", "worker", "--supervise",
+        ]  # fmt: skip
+        if trials_per_process:
+            command += ["--trials-per-process", str(trials_per_process)]
+        manifest = worker_job_manifest(
+            chief_ip=chief_ip,
+            oracle_port=oracle_port,
+            num_workers=num_workers,
+            image=image_reference(),
+            owner_pod_name=pod_name,
+            owner_pod_uid=pod_uid,
+            namespace=namespace,
+            command=command,
+            env={"MLFLOW_TRACKING_URI": spec.tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            secret_env={key: (CLUSTER_CREDENTIALS_SECRET, key) for key in MLFLOW_CREDENTIAL_KEYS},
+            cpu=os.environ.get("NASFLOW_WORKER_CPU", "1"),
+            memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
+        )
+
+        def chief_failure() -> str | None:
+            if chief.poll() not in (None, 0):
+                return f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}"
+            return None
+
+        with BootstrapServer(spec, host=bind_host, port=bootstrap_port, pack_dir=work_dir / "bootstrap"):
+            launch_workers(manifest, api_client=api_client)
+            wait_for_workers(
+                manifest["metadata"]["name"], namespace, timeout_s,
+                api_client=api_client, watch_chunk_s=poll_s, abort=chief_failure,
+            )  # fmt: skip
+        _wait_for_chief_end(chief, log_dir / "chief.log")
     finally:
-        _stop_plain(chief)
+        _stop(chief)
 
 
-def _stop_plain(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def _wait_for_oracle(
+    chief: subprocess.Popen, host: str, port: int, log: Path, timeout_s: float = 600
+) -> None:
+    """Block until the chief serves its oracle; fail with its log if it dies first."""
+    deadline = time.monotonic() + timeout_s
+    while not _port_open(host, port):
+        if chief.poll() is not None:
+            raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log)}")
+        if time.monotonic() > deadline:
+            raise SearchError(
+                f"the chief oracle did not open port {port} within {timeout_s:.0f}s: {_tail(log)}"
+            )
+        time.sleep(0.3)
+
+
+def _wait_for_chief_end(chief: subprocess.Popen, log: Path, timeout_s: float = 45) -> None:
+    """After the workers: the chief stops once its oracle has; a wall-clock budget needs a stop."""
+    try:
+        chief.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop(chief)
+        return
+    if chief.returncode != 0:
+        raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log)}")
 
 
 def _current_namespace() -> str:

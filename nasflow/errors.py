@@ -5,6 +5,8 @@ and prints ``str(error)`` as a single line, so messages must name the file, fiel
 URI at fault and fit on one line.
 """
 
+import re
+
 
 class NasflowError(Exception):
     """Base class of every error nasflow reports to a user."""
@@ -40,3 +42,13 @@ class PromotionRefused(NasflowError):
 
 class ClusterError(NasflowError):
     """Submitting to or running on a Kubeflow cluster failed."""
+
+
+# TensorFlow and absl print start-up chatter (oneDNN notices, "I0000 ... port.cc" lines) on
+# stderr before logging is configured; a process's last lines are quoted in errors without it.
+_NOISE = re.compile(r"^\s*$|oneDNN|absl|^[IWE]\d{4} \d\d:\d\d:\d\d")
+
+
+def meaningful_lines(text: str) -> list[str]:
+    """The lines of a process log worth quoting in an error, without TF/absl start-up noise."""
+    return [line.strip() for line in text.splitlines() if not _NOISE.search(line)]

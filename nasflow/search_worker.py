@@ -1,10 +1,13 @@
 """Entry point of a chief or worker process of a distributed/recycled search.
 
     python -m nasflow.search_worker --spec work_dir/worker_spec.json --role worker [--trials-per-process N]
+    python -m nasflow.search_worker --spec-url http://CHIEF:8001 --role worker --supervise   # in a pod
 
 Keras Tuner reads the role from ``KERASTUNER_TUNER_ID`` (``chief`` or ``tuner<k>``).
 A worker that reaches its trial quota exits with :data:`RECYCLE_EXIT_CODE` and its
-supervisor starts a fresh process under the same tuner id.
+supervisor starts a fresh process under the same tuner id. A worker pod shares no files
+with the chief, so it fetches the spec and the dataset from the chief first
+(:mod:`nasflow.worker_bootstrap`), once per pod.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 from nasflow.distributed import RECYCLE_EXIT_CODE, WorkerSpec
+from nasflow.errors import NasflowError
 
 
 def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
@@ -51,27 +55,52 @@ def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
     return RECYCLE_EXIT_CODE if getattr(tuner, "nas_quota_reached", False) else 0
 
 
-def _supervise(argv: list[str]) -> int:
+def _supervise(spec_path: str, role: str, trials_per_process: int) -> int:
     """Keep starting the worker while it exits for recycling (used inside a worker pod)."""
-    child = [sys.executable, "-m", "nasflow.search_worker", *[a for a in argv if a != "--supervise"]]
+    child = [sys.executable, "-m", "nasflow.search_worker", "--spec", spec_path, "--role", role]
+    if trials_per_process:
+        child += ["--trials-per-process", str(trials_per_process)]
     while True:
         code = subprocess.call(child)
         if code != RECYCLE_EXIT_CODE:
             return code
 
 
+def _local_spec_from_chief(url: str, timeout_s: float) -> str:
+    """Fetch the spec and dataset from the chief into this pod's /tmp; return the local spec path."""
+    import os
+    import tempfile
+
+    from nasflow.worker_bootstrap import fetch_worker_spec
+
+    local_dir = Path(tempfile.gettempdir()) / f"nasflow-{os.environ.get('KERASTUNER_TUNER_ID', 'worker')}"
+    spec = fetch_worker_spec(url, local_dir, timeout_s=timeout_s)
+    print(f"nasflow-worker-bootstrap from={url} dataset={spec.dataset_dir}", flush=True)
+    return str(spec.save(local_dir / "worker_spec.json"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one chief or worker process."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="nasflow.search_worker")
-    parser.add_argument("--spec", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="worker spec JSON on a shared filesystem")
+    source.add_argument("--spec-url", help="the chief's bootstrap address, http://HOST:PORT")
+    parser.add_argument(
+        "--bootstrap-timeout", type=float, default=300.0, help="seconds to keep trying to reach the chief"
+    )
     parser.add_argument("--role", choices=("chief", "worker"), required=True)
     parser.add_argument("--trials-per-process", type=int, default=0)
     parser.add_argument("--supervise", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        spec_path = _local_spec_from_chief(args.spec_url, args.bootstrap_timeout) if args.spec_url else args.spec
+    except NasflowError as error:
+        print(f"nasflow: {error}", file=sys.stderr, flush=True)
+        return 2
     if args.supervise:
-        return _supervise(argv)
-    return _run(WorkerSpec.load(args.spec), args.role, args.trials_per_process)
+        return _supervise(spec_path, args.role, args.trials_per_process)
+    return _run(WorkerSpec.load(spec_path), args.role, args.trials_per_process)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,20 @@ Role ``nasflow-search`` in ``k8s/base/rbac.yaml`` (a test keeps the two equal).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from nasflow.errors import ClusterError
+from nasflow.errors import ClusterError, meaningful_lines
 
 logger = logging.getLogger(__name__)
 
 #: Port the chief serves the Keras Tuner oracle on; the NetworkPolicies in k8s/base open it.
 ORACLE_PORT = 8000
+#: Port the chief serves the worker spec and dataset on (:mod:`nasflow.worker_bootstrap`).
+BOOTSTRAP_PORT = 8001
 #: Labels of the chief pod (set on the search step with ``kfp.kubernetes.add_pod_label``).
 CHIEF_POD_LABELS: dict[str, str] = {"nasflow.io/role": "search-chief"}
 #: Labels of every worker pod; the NetworkPolicies select workers by these.
@@ -41,7 +45,12 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 #: Non-root user of the nasflow image (docker/Dockerfile).
 IMAGE_UID = 10001
 
-_RESERVED_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "JOB_COMPLETION_INDEX")
+_RESERVED_ENV = (
+    "KERASTUNER_TUNER_ID",
+    "KERASTUNER_ORACLE_IP",
+    "KERASTUNER_ORACLE_PORT",
+    "JOB_COMPLETION_INDEX",
+)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Pods of an indexed Job are named <job>-<index>-<suffix>; leave room for both within 63 chars.
 _MAX_JOB_NAME = 52
@@ -93,6 +102,7 @@ def worker_job_manifest(
     env: dict[str, str],
     cpu: str,
     memory: str,
+    secret_env: Mapping[str, tuple[str, str]] | None = None,
     service_account: str = "nasflow-search",
     gpus: int = 0,
     backoff_limit: int | None = None,
@@ -118,6 +128,8 @@ def worker_job_manifest(
             variables, which this function owns.
         cpu: CPU request and limit of each worker, e.g. ``"2"``.
         memory: Memory request and limit of each worker, e.g. ``"4Gi"``.
+        secret_env: Environment read from Secrets, ``{ENV: (secret name, key)}`` (e.g. the
+            MLflow credentials); optional, so a cluster without the Secret still works.
         service_account: Service account of the worker pods. Workers never call the Kubernetes
             API, so its token is not mounted.
         gpus: GPUs per worker; above 0 the pods also get :data:`GPU_NODE_SELECTOR` and
@@ -144,7 +156,8 @@ def worker_job_manifest(
         raise ClusterError(f"namespace {namespace!r} is not a valid Kubernetes namespace")
     if gpus < 0:
         raise ClusterError(f"gpus must be 0 or more, got {gpus}")
-    reserved = sorted(set(env) & set(_RESERVED_ENV))
+    secret_env = dict(secret_env or {})
+    reserved = sorted((set(env) | set(secret_env)) & set(_RESERVED_ENV))
     if reserved:
         raise ClusterError(f"env must not set {', '.join(reserved)}: worker_job_manifest sets them")
 
@@ -163,13 +176,22 @@ def worker_job_manifest(
     worker_env = [
         {
             "name": "JOB_COMPLETION_INDEX",
-            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+            "valueFrom": {
+                "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
+            },
         },
         # $(VAR) refers to a variable defined earlier in this list; Kubernetes expands it.
         {"name": "KERASTUNER_TUNER_ID", "value": "tuner$(JOB_COMPLETION_INDEX)"},
         {"name": "KERASTUNER_ORACLE_IP", "value": chief_ip},
         {"name": "KERASTUNER_ORACLE_PORT", "value": str(oracle_port)},
         *({"name": key, "value": value} for key, value in sorted(env.items())),
+        *(
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": secret_key, "optional": True}},
+            }
+            for key, (secret, secret_key) in sorted(secret_env.items())
+        ),
     ]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -249,9 +271,12 @@ def _api_client(api_client: Any | None) -> Any:
         config.load_incluster_config()
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            # KUBECONFIG is read now: the client's own default was fixed when it was imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         except (config.ConfigException, OSError) as error:
-            raise ClusterError(f"no Kubernetes configuration: not in a pod and no kubeconfig ({error})") from error
+            raise ClusterError(
+                f"no Kubernetes configuration: not in a pod and no kubeconfig ({error})"
+            ) from error
     return client.ApiClient()
 
 
@@ -306,6 +331,17 @@ def _job_outcome(job: Any) -> str | None:
     return None
 
 
+def _finished_at(pod: Any) -> Any:
+    """When the pod's container terminated (``datetime.max`` if unknown)."""
+    import datetime
+
+    for status in pod.status.container_statuses or []:
+        terminated = status.state and status.state.terminated
+        if terminated and terminated.finished_at:
+            return terminated.finished_at
+    return datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
 def _failure_reason(core: Any, job: Any) -> str:
     """Why a worker Job failed: the failed pod's termination reason and last log line."""
     from kubernetes.client.rest import ApiException
@@ -320,7 +356,8 @@ def _failure_reason(core: Any, job: Any) -> str:
     failed = [pod for pod in pods if pod.status and pod.status.phase == "Failed"]
     if not failed:
         return job_reason or "no failed pod found"
-    pod = failed[0]
+    # The first pod to fail is the cause; pods failing after it were stopped with the Job.
+    pod = min(failed, key=_finished_at)
     reason = pod.status.reason or ""
     for status in pod.status.container_statuses or []:
         terminated = status.state and status.state.terminated
@@ -335,7 +372,7 @@ def _failure_reason(core: Any, job: Any) -> str:
     except ApiException as error:
         logger.warning("cannot read log of %s/%s: HTTP %s", namespace, pod.metadata.name, error.status)
         log = ""
-    lines = [line for line in (log or "").splitlines() if line.strip()]
+    lines = meaningful_lines(log or "")
     if lines:
         detail += f"; last log line: {_one_line(lines[-1])}"
     if job_reason:
@@ -350,11 +387,13 @@ def wait_for_workers(
     *,
     api_client: Any | None = None,
     watch_chunk_s: int = 60,
+    abort: Callable[[], str | None] | None = None,
 ) -> None:
     """Block until the worker Job completes; on failure or timeout raise with the reason.
 
-    Lists the Job, then watches it from that resource version. On timeout the Job is deleted
-    (its pods with it) so no worker keeps running after the chief gave up.
+    Lists the Job, then watches it from that resource version. On timeout, or when ``abort``
+    gives a reason, the Job is deleted (its pods with it) so no worker keeps running after
+    the chief gave up.
 
     Args:
         name: Name of the Job (:func:`worker_job_name`).
@@ -362,10 +401,12 @@ def wait_for_workers(
         timeout_s: Seconds to wait in total.
         api_client: A ``kubernetes.client.ApiClient``; defaults to in-cluster configuration.
         watch_chunk_s: Longest single watch request; the watch is renewed until the deadline.
+        abort: Asked between watch requests; a non-empty answer (e.g. "the chief oracle
+            died") deletes the Job and raises with that reason.
 
     Raises:
         ClusterError: If the Job does not exist, fails (naming the failed pod and its reason),
-            or does not finish within ``timeout_s``.
+            does not finish within ``timeout_s``, or ``abort`` gives a reason.
     """
     from kubernetes import client, watch
     from kubernetes.client.rest import ApiException
@@ -385,6 +426,10 @@ def wait_for_workers(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            reason = abort() if abort is not None else None
+            if reason:
+                batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Background")
+                raise ClusterError(f"stopped worker job {namespace}/{name}: {reason}")
             stream = watch.Watch().stream(
                 batch.list_namespaced_job,
                 namespace=namespace,

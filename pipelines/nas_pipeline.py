@@ -8,26 +8,29 @@ MLflow URI and credentials of a cluster come from the ``nasflow-config`` ConfigM
 from kfp import dsl, kubernetes
 
 from components import compress, data_prep, finish_tracking, register, search, start_tracking, train
-from nasflow.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from nasflow.config import (
+    CLUSTER_CONFIG_MAP,
+    CLUSTER_CREDENTIALS_SECRET,
+    DEFAULT_EXPERIMENT,
+    DEFAULT_MODEL_NAME,
+    MLFLOW_CREDENTIAL_KEYS,
+)
 
 PIPELINE_NAME = "nasflow-nas"
-CONFIG_MAP = "nasflow-config"
-CREDENTIALS_SECRET = "nasflow-mlflow-credentials"
 GPU_ACCELERATOR = "nvidia.com/gpu"
 
 
 def _cluster_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Read the tracking URI and credentials from the cluster (ignored by kfp.local)."""
     kubernetes.use_config_map_as_env(
-        task, config_map_name=CONFIG_MAP, config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
+        task,
+        config_map_name=CLUSTER_CONFIG_MAP,
+        config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"},
     )
     kubernetes.use_secret_as_env(
         task,
-        secret_name=CREDENTIALS_SECRET,
-        secret_key_to_env={
-            "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-            "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-        },
+        secret_name=CLUSTER_CREDENTIALS_SECRET,
+        secret_key_to_env={key: key for key in MLFLOW_CREDENTIAL_KEYS},
         optional=True,
     )
     return task
@@ -200,7 +203,10 @@ def nas_pipeline(
         # with this pod) and is what the NetworkPolicy lets the workers reach.
         kubernetes.add_pod_label(searched, label_key="nasflow.io/role", label_value="search-chief")
         kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_POD_UID", field_path="metadata.uid")
-        kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_NAMESPACE", field_path="metadata.namespace")
+        kubernetes.use_field_path_as_env(
+            searched, env_name="NASFLOW_NAMESPACE", field_path="metadata.namespace"
+        )
+        kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_POD_IP", field_path="status.podIP")
         train_args = dict(
             dataset=prepared.outputs["dataset"],
             best_hyperparameters=searched.outputs["best_hyperparameters"],
@@ -224,9 +230,13 @@ def nas_pipeline(
         )
         with dsl.If(use_gpu == True, name="gpu-training"):  # noqa: E712 - a KFP condition, not a Python test
             gpu_trained = _cluster_settings(train(use_gpu=True, **train_args))
-            gpu_trained.set_caching_options(False).set_accelerator_type(GPU_ACCELERATOR).set_accelerator_limit(1)
+            gpu_trained.set_caching_options(False).set_accelerator_type(
+                GPU_ACCELERATOR
+            ).set_accelerator_limit(1)
             gpu_trained.set_memory_request("8G")
-            kubernetes.add_toleration(gpu_trained, key=GPU_ACCELERATOR, operator="Exists", effect="NoSchedule")
+            kubernetes.add_toleration(
+                gpu_trained, key=GPU_ACCELERATOR, operator="Exists", effect="NoSchedule"
+            )
             kubernetes.add_node_selector(gpu_trained, label_key="nvidia.com/gpu.present", label_value="true")
             _compress_and_register(gpu_trained, **after_training)
         with dsl.Else(name="cpu-training"):

@@ -30,7 +30,7 @@ from nasflow.config import DEFAULT_EXPERIMENT, DEFAULT_IMAGE_REGISTRY, DEFAULT_M
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-OVERLAYS = ("local", "gpu", "external-db")
+OVERLAYS = ("local", "gpu", "external-db", "kubeflow-profile")
 #: Kubernetes version the manifests are validated against (schemas ship with kubernetes-validate).
 K8S_VERSION = "1.32.0"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob")
@@ -194,7 +194,7 @@ def test_secrets_hold_placeholders_only(rendered):
     assert set(creds) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
 
 
-def test_network_policies_default_deny_and_the_oracle_port(rendered):
+def test_network_policies_default_deny_and_the_chief_ports(rendered):
     docs = rendered["local"]
     deny = _find(docs, "NetworkPolicy", "default-deny-all")["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
@@ -202,10 +202,11 @@ def test_network_policies_default_deny_and_the_oracle_port(rendered):
     chief = _find(docs, "NetworkPolicy", "search-chief-oracle")["spec"]
     assert chief["podSelector"]["matchLabels"] == workers.CHIEF_POD_LABELS
     assert chief["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == workers.WORKER_POD_LABELS
-    assert chief["ingress"][0]["ports"] == [{"protocol": "TCP", "port": workers.ORACLE_PORT}]
+    chief_ports = [{"protocol": "TCP", "port": workers.ORACLE_PORT}, {"protocol": "TCP", "port": workers.BOOTSTRAP_PORT}]
+    assert chief["ingress"][0]["ports"] == chief_ports
     worker = _find(docs, "NetworkPolicy", "search-worker-egress")["spec"]
     assert worker["podSelector"]["matchLabels"] == workers.WORKER_POD_LABELS
-    assert {"protocol": "TCP", "port": workers.ORACLE_PORT} in worker["egress"][0]["ports"]
+    assert worker["egress"][0]["ports"] == chief_ports
     postgres = _find(docs, "NetworkPolicy", "postgres-ingress-from-mlflow")["spec"]
     assert postgres["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
     # The worker Job's pods carry the labels the policies select.
@@ -236,6 +237,15 @@ def test_external_db_overlay_drops_the_bundled_postgres(rendered):
     assert _find(docs, "ConfigMap", "nasflow-config")["data"]["NASFLOW_POSTGRES_HOST"] != "postgres.nasflow.svc.cluster.local"
     egress = _find(docs, "NetworkPolicy", "mlflow-egress-to-postgres")["spec"]["egress"][0]
     assert "ipBlock" in egress["to"][0]
+
+
+def test_kubeflow_profile_overlay_lets_the_pipeline_account_launch_workers(rendered):
+    binding = _find(rendered["kubeflow-profile"], "RoleBinding", "nasflow-search")
+    assert binding["roleRef"]["name"] == "nasflow-search"
+    assert {"kind": "ServiceAccount", "name": "default-editor", "namespace": "nasflow"} in binding["subjects"]
+    assert {"kind": "ServiceAccount", "name": "nasflow-search", "namespace": "nasflow"} in binding["subjects"]
+    # The base binds only nasflow's own account.
+    assert len(_find(rendered["local"], "RoleBinding", "nasflow-search")["subjects"]) == 1
 
 
 # --- images ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nasflow import workers
 from nasflow.cli import DEFAULT_PACKAGE, compile_pipeline
 from nasflow.config import image_reference, repo_root
 from nasflow.search import DEFAULT_STRATEGY
@@ -71,6 +72,15 @@ def test_cluster_settings_come_from_configmap_and_secret(compiled):
             assert config["secretAsEnv"][0]["secretName"] == "nasflow-mlflow-credentials", name
     # No tracking server address is baked into the compiled pipeline.
     assert "http://" not in compiled["text"].replace("http://www.apache.org", "")
+
+
+def test_search_task_knows_what_the_chief_needs_in_its_pod(compiled):
+    """run_search_on_cluster reads these from the downward API and the NetworkPolicy selects the label."""
+    executors = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    search = executors["exec-search"]
+    fields = {env["name"]: env["fieldPath"] for env in search["fieldPathAsEnv"]}
+    assert fields == {"NASFLOW_POD_UID": "metadata.uid", "NASFLOW_NAMESPACE": "metadata.namespace", "NASFLOW_POD_IP": "status.podIP"}
+    assert search["podMetadata"]["labels"] == workers.CHIEF_POD_LABELS
 
 
 def test_search_task_retries(compiled):
