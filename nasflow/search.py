@@ -331,8 +331,16 @@ class _TrialContext:
                 finish(INFEASIBLE, {"params": params, "flops": flops, OBJECTIVE_NAME: -1.0}, reason, feasible=False)
                 return {OBJECTIVE_NAME: -1.0}
             if "tuner/trial_id" in values:
-                # Hyperband continues a trial of a lower rung from its weights.
-                model.load_weights(tuner._get_checkpoint_fname(values["tuner/trial_id"]))
+                # Hyperband continues a trial of a lower rung from its weights. Worker pods
+                # keep checkpoints on their own disk, so a rung trained by another worker is
+                # trained again from scratch: slower, never wrong.
+                checkpoint = tuner._get_checkpoint_fname(values["tuner/trial_id"])
+                if os.path.exists(checkpoint):
+                    model.load_weights(checkpoint)
+                else:
+                    initial_epoch = 0
+                    if run is not None:
+                        run.set_tags({"nasflow.warm_start": "missing-checkpoint"})
             callbacks = [keras.callbacks.TerminateOnNaN()]
             if run is not None:
                 callbacks.append(epoch_logger_cls(run))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import keras_tuner
 import pytest
 
@@ -81,6 +84,35 @@ def test_hyperband_continues_trials_from_their_weights(digits, parent, tmp_path)
     continued = [row for row in rows if "tuner/trial_id" in row["values"]]
     assert continued, "Hyperband promoted at least one trial to a higher rung"
     assert all(row["status"] == "COMPLETED" for row in continued)
+
+
+def test_hyperband_trains_from_scratch_when_the_lower_rung_checkpoint_is_elsewhere(digits, parent, tmp_path):
+    # On a cluster a rung may have been trained by another worker pod, whose disk this one
+    # cannot see. Checkpoints are deleted as soon as they are written to make every rung so.
+    stop = threading.Event()
+
+    def delete_checkpoints() -> None:
+        while not stop.is_set():
+            for checkpoint in tmp_path.rglob("*.weights.h5"):
+                checkpoint.unlink(missing_ok=True)
+            time.sleep(0.02)
+
+    deleter = threading.Thread(target=delete_checkpoints, daemon=True)
+    deleter.start()
+    space = load_search_space(resolve_search_space("cnn", "image"))
+    try:
+        run_search(digits, space, SearchSettings("hyperband", max_trials=6, epochs=3, seed=8), parent=parent, work_dir=tmp_path)
+    finally:
+        stop.set()
+        deleter.join()
+    runs = {run.data.tags["nasflow.trial_id"]: run for run in parent.client.search_runs(
+        [parent.client.get_run(parent.run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=100)}
+    continued = [row for row in collect_trials(parent) if "tuner/trial_id" in row["values"]]
+    assert continued, "Hyperband promoted at least one trial to a higher rung"
+    for row in continued:
+        assert row["status"] == "COMPLETED"
+        assert runs[row["trial_id"]].data.tags["nasflow.warm_start"] == "missing-checkpoint"
+        assert row["epochs"] == row["values"]["tuner/epochs"], "all epochs trained, not just the new ones"
 
 
 def test_cheap_constraint_marks_trials_infeasible_without_training(digits, parent, tmp_path):
