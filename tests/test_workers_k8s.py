@@ -1,23 +1,22 @@
 """nasflow.workers: the worker Job manifest, and launch/wait against a local fake Kubernetes API.
 
-The fake is a real HTTP server on 127.0.0.1 answering the few batch/v1 and core/v1 endpoints the
-real ``kubernetes`` client calls; it records every call as an RBAC (group, resource, verb) triple,
-so the Role in k8s/base is compared both with ``REQUIRED_RBAC`` and with what the code really did.
+The fake (tests/fake_kube_api.py, scripted mode) is a real HTTP server on 127.0.0.1 answering the
+few batch/v1 and core/v1 endpoints the real ``kubernetes`` client calls; it records every call as
+an RBAC (group, resource, verb) triple, so the Role in k8s/base is compared both with
+``REQUIRED_RBAC`` and with what the code really did. tests/test_cluster_search.py runs the same
+fake with a kubelet that really starts the worker pods.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
-from kubernetes import client as k8s
+from fake_kube_api import FakeKubeApi
 
 from nasflow import workers
 from nasflow.errors import ClusterError
@@ -148,111 +147,6 @@ def test_role_is_bound_to_the_search_service_account():
 
 
 # --- launch / wait against a fake API server ----------------------------------------------------
-class FakeKubeApi:
-    """Jobs, pods and logs in one namespace; ``script`` drives what the watch reports."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.pods: list[dict[str, Any]] = []
-        self.logs: dict[str, str] = {}
-        self.watch_events: list[dict[str, Any]] = []
-        self.calls: list[tuple[str, str, str]] = []  # (api group, resource, RBAC verb)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def api_client(self) -> k8s.ApiClient:
-        configuration = k8s.Configuration()
-        configuration.host = self.url
-        return k8s.ApiClient(configuration)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, status: int, payload: Any, content_type: str = "application/json") -> None:
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _route(self, method: str) -> None:
-                parts = urlsplit(self.path)
-                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                segments = parts.path.strip("/").split("/")
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                if segments[:5] == ["apis", "batch", "v1", "namespaces", "nasflow"] and segments[5] == "jobs":
-                    self._jobs(method, segments[6] if len(segments) > 6 else None, query, body)
-                elif segments[:4] == ["api", "v1", "namespaces", "nasflow"] and segments[4] == "pods":
-                    if len(segments) == 7 and segments[6] == "log":
-                        api.calls.append(("", "pods/log", "get"))
-                        self._reply(200, api.logs.get(segments[5], "").encode(), "text/plain")
-                    else:
-                        api.calls.append(("", "pods", "list"))
-                        selected = [p for p in api.pods if query.get("labelSelector") == f"job-name={p['job']}"]
-                        self._reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
-                                          "items": [p["pod"] for p in selected]})
-                else:
-                    self._reply(404, {"kind": "Status", "code": 404})
-
-            def _jobs(self, method: str, name: str | None, query: dict[str, str], body: Any) -> None:
-                if method == "POST":
-                    api.calls.append(("batch", "jobs", "create"))
-                    job_name = body["metadata"]["name"]
-                    if job_name in api.jobs:
-                        self._reply(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
-                        return
-                    body["metadata"].update(uid="job-uid-1", resourceVersion="1")
-                    api.jobs[job_name] = body
-                    self._reply(201, body)
-                elif method == "DELETE":
-                    api.calls.append(("batch", "jobs", "delete"))
-                    api.jobs.pop(name, None)
-                    self._reply(200, {"kind": "Status", "status": "Success"})
-                elif name is not None:
-                    api.calls.append(("batch", "jobs", "get"))
-                    if name in api.jobs:
-                        self._reply(200, api.jobs[name])
-                    else:
-                        self._reply(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                elif query.get("watch") in ("true", "True", "1"):
-                    api.calls.append(("batch", "jobs", "watch"))
-                    lines = b"".join(json.dumps(e).encode() + b"\n" for e in api.watch_events)
-                    api.watch_events = []
-                    self._reply(200, lines)
-                else:
-                    api.calls.append(("batch", "jobs", "list"))
-                    wanted = query.get("fieldSelector", "").removeprefix("metadata.name=")
-                    items = [j for n, j in api.jobs.items() if n == wanted]
-                    self._reply(200, {"kind": "JobList", "apiVersion": "batch/v1",
-                                      "metadata": {"resourceVersion": "5"}, "items": items})
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._route("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._route("POST")
-
-            def do_DELETE(self) -> None:  # noqa: N802
-                self._route("DELETE")
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                return
-
-        return Handler
-
-
 @pytest.fixture
 def kube():
     api = FakeKubeApi()
