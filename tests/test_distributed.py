@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -19,10 +24,40 @@ def digits_dir(tmp_path_factory) -> str:
     return str(folder / "dataset")
 
 
+def _kill_worker_mid_trial(uri: str, tuner_id: str, stop: threading.Event, killed: list[str]) -> None:
+    """SIGKILL the worker process of ``tuner_id`` once, while one of its trial runs is RUNNING."""
+    client = tracking.make_client(uri)
+    query = f"tags.`nasflow.tuner_id` = '{tuner_id}' and attributes.status = 'RUNNING'"
+    while not stop.is_set():
+        experiment = client.get_experiment_by_name("nasflow")
+        running = client.search_runs([experiment.experiment_id], query) if experiment else []
+        pids = [pid for pid in _worker_pids(tuner_id)] if running else []
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(running[0].info.run_id)
+            return
+        time.sleep(0.2)
+
+
+def _worker_pids(tuner_id: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"nasflow.search_worker" in (entry / "cmdline").read_bytes():
+                if f"KERASTUNER_TUNER_ID={tuner_id}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def _search(tmp_path, digits_dir, **kwargs):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent_id = tracking.start_parent_run(uri, "nasflow", f"dist-{tmp_path.name}")
     out = tmp_path / "out"
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_worker_mid_trial, args=(uri, "tuner1", stop, killed), daemon=True)
+    killer.start()
     search_step(
         digits_dir,
         parent_run_id=parent_id,
@@ -38,18 +73,23 @@ def _search(tmp_path, digits_dir, **kwargs):
         state_dir=str(tmp_path / "state"),
         **kwargs,
     )
+    stop.set()
+    killer.join()
     client = tracking.make_client(uri)
     parent = client.get_run(parent_id)
     trials = client.search_runs(
         [parent.info.experiment_id], filter_string="tags.`nasflow.role` = 'trial'", max_results=100
     )
-    return parent_id, trials, out, tmp_path / "state"
+    return parent_id, trials, out, tmp_path / "state", killed
 
 
-def test_two_recycled_workers_share_one_search(tmp_path, digits_dir):
-    # One search covers both uses of the worker machinery (fan-out and recycling): each of the two
-    # worker slots exits after every trial and is started again under the same tuner id.
-    parent_id, trials, out, state = _search(tmp_path, digits_dir, num_workers=2, trials_per_process=1, max_trials=4)
+def test_two_recycled_workers_share_one_search_and_survive_a_killed_worker(tmp_path, digits_dir):
+    # One search covers the worker machinery: fan-out over two worker slots, recycling (each slot
+    # exits after every trial and is started again under the same tuner id), and a worker process
+    # SIGKILLed in the middle of a trial.
+    parent_id, trials, out, state, killed = _search(
+        tmp_path, digits_dir, num_workers=2, trials_per_process=1, max_trials=4
+    )
     finished = [run for run in trials if run.info.status in ("FINISHED", "FAILED")]
     trial_ids = [run.data.tags["nasflow.trial_id"] for run in finished]
     assert len(trial_ids) == 4
@@ -63,4 +103,12 @@ def test_two_recycled_workers_share_one_search(tmp_path, digits_dir):
     # One trial per process: 4 trials took at least 4 worker starts, spread over both slots,
     # plus the start of each slot that found the oracle stopped.
     starts = {slot: (state / "logs" / f"{slot}.log").read_text().count("nasflow-worker-start") for slot in ("tuner0", "tuner1")}
-    assert sum(starts.values()) >= 4 + 2 and min(starts.values()) >= 2, starts
+    assert sum(starts.values()) >= 4 + 2 + 1 and min(starts.values()) >= 2, starts
+    # The killed worker's slot was started again and got the same trial back from the chief;
+    # the interrupted run is closed KILLED and the re-run says which run it resumes.
+    (killed_run,) = killed
+    (stale,) = [run for run in trials if run.info.run_id == killed_run]
+    assert stale.info.status == "KILLED"
+    (rerun,) = [run for run in finished if run.data.tags.get("nasflow.resumed_from_run") == killed_run]
+    assert rerun.data.tags["nasflow.trial_id"] == stale.data.tags["nasflow.trial_id"]
+    assert rerun.data.tags["nasflow.tuner_id"] == "tuner1"
