@@ -300,6 +300,7 @@ def run_search_on_cluster(
     chief_ip = chief_ip or os.environ.get("NASFLOW_POD_IP") or socket.gethostbyname(socket.gethostname())
     oracle_port = oracle_port or int(os.environ.get("KERASTUNER_ORACLE_PORT") or ORACLE_PORT)
     bootstrap_port = bootstrap_port or int(os.environ.get("NASFLOW_BOOTSTRAP_PORT") or BOOTSTRAP_PORT)
+    worker_cpu = os.environ.get("NASFLOW_WORKER_CPU", "1")
     work_dir = Path(spec.work_dir)
     log_dir = work_dir / "logs"
     spec_path = spec.save(work_dir / "worker_spec.json")
@@ -324,9 +325,9 @@ def run_search_on_cluster(
             owner_pod_uid=pod_uid,
             namespace=namespace,
             command=command,
-            env={"MLFLOW_TRACKING_URI": spec.tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env=_worker_pod_env(spec.tracking_uri, worker_cpu),
             secret_env={key: (CLUSTER_CREDENTIALS_SECRET, key) for key in MLFLOW_CREDENTIAL_KEYS},
-            cpu=os.environ.get("NASFLOW_WORKER_CPU", "1"),
+            cpu=worker_cpu,
             memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
         )
 
@@ -344,6 +345,19 @@ def run_search_on_cluster(
         _wait_for_chief_end(chief, log_dir / "chief.log")
     finally:
         _stop(chief)
+
+
+def _worker_pod_env(tracking_uri: str, cpu: str) -> dict[str, str]:
+    """Plain environment of a worker pod.
+
+    TensorFlow sizes its thread pools by the node's cores, not the pod's CPU limit; on a big
+    node a 1-CPU worker would run dozens of threads and be throttled. A whole-CPU limit sets
+    the pools to match; a fractional one (``500m``) leaves TensorFlow's default.
+    """
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if cpu.isdigit() and int(cpu) > 0:
+        env.update(TF_NUM_INTRAOP_THREADS=cpu, TF_NUM_INTEROP_THREADS="1" if cpu == "1" else "2")
+    return env
 
 
 def _wait_for_oracle(

@@ -32,6 +32,10 @@ BOOTSTRAP_PORT = 8001
 CHIEF_POD_LABELS: dict[str, str] = {"nasflow.io/role": "search-chief"}
 #: Labels of every worker pod; the NetworkPolicies select workers by these.
 WORKER_POD_LABELS: dict[str, str] = {"nasflow.io/role": "search-worker"}
+#: Annotations of every worker pod. Kubeflow profile namespaces inject an Istio sidecar into
+#: every pod; a Job's pod with a sidecar never completes (the proxy keeps running after the
+#: worker exits), so workers opt out, as KFP's own pipeline pods do.
+WORKER_POD_ANNOTATIONS: dict[str, str] = {"sidecar.istio.io/inject": "false"}
 #: Extended resource a GPU worker requests (NVIDIA device plugin / GPU Operator).
 GPU_RESOURCE = "nvidia.com/gpu"
 #: Node label the NVIDIA GPU Operator puts on GPU nodes.
@@ -235,7 +239,7 @@ def worker_job_manifest(
         "parallelism": num_workers,
         "backoffLimit": num_workers if backoff_limit is None else backoff_limit,
         "ttlSecondsAfterFinished": ttl_after_finished_s,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": {"metadata": {"labels": dict(labels), "annotations": dict(WORKER_POD_ANNOTATIONS)}, "spec": pod_spec},
     }
     if active_deadline_s is not None:
         job_spec["activeDeadlineSeconds"] = active_deadline_s

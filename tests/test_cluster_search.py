@@ -130,6 +130,7 @@ def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_d
     env = {entry["name"]: entry for entry in container["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == mlflow_uri
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == CLUSTER_CREDENTIALS_SECRET
+    assert env["TF_NUM_INTRAOP_THREADS"]["value"] == container["resources"]["limits"]["cpu"] == "1"
     assert ("batch", "jobs", "create") in kube.calls and ("batch", "jobs", "watch") in kube.calls
 
     # Each worker pod ran as tuner<index>, took the spec and dataset from the chief over HTTP

@@ -67,6 +67,8 @@ def test_manifest_is_an_indexed_job_owned_by_the_chief():
     }
     assert job["metadata"]["namespace"] == "nasflow"
     assert len(job["metadata"]["name"]) <= 52 and job["metadata"]["name"].endswith("-workers")
+    # Kubeflow profile namespaces inject Istio sidecars; a Job pod with one never completes.
+    assert spec["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
 
 
 def test_manifest_sets_the_keras_tuner_environment():
