@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--tracking-uri", default="")
 
     validate = commands.add_parser("validate", help="check a search-space YAML and print its size")
-    validate.add_argument("file")
+    validate.add_argument("file", help="YAML path, or a bundled name (cnn, mlp, mobile_cnn)")
     return parser
 
 
@@ -306,9 +306,10 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from nasflow.search_space import load_search_space, search_space_size
+    from nasflow.search_space import load_search_space, resolve_search_space, search_space_size
 
-    space = load_search_space(args.file)
+    # A bundled name (``cnn``) means the same file here as in ``--search-space``.
+    space = load_search_space(resolve_search_space(args.file, "image"))
     size = search_space_size(space)
     print(
         f"{args.file}: valid {space.family} space '{space.name}' for {space.modality} data, "

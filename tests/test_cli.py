@@ -39,6 +39,13 @@ def test_validate_prints_size(capsys):
     assert "valid cnn space" in out and "continuous" in out
 
 
+@pytest.mark.parametrize("name", ["mobile_cnn", "mlp.yaml"])
+def test_validate_takes_a_bundled_name_like_search_space_does(name, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not found relative to the working folder
+    assert main(["validate", name]) == 0
+    assert f"{name}: valid" in capsys.readouterr().out
+
+
 def test_validate_counts_a_discrete_space(tmp_path, capsys):
     space = tmp_path / "small.yaml"
     space.write_text(
