@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from google.protobuf import json_format
+from kfp.kubernetes import kubernetes_executor_config_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from nasflow import workers
 from nasflow.cli import DEFAULT_PACKAGE, compile_pipeline
@@ -72,6 +75,26 @@ def test_cluster_settings_come_from_configmap_and_secret(compiled):
             assert config["secretAsEnv"][0]["secretName"] == "nasflow-mlflow-credentials", name
     # No tracking server address is baked into the compiled pipeline.
     assert "http://" not in compiled["text"].replace("http://www.apache.org", "")
+
+
+def _strict(message, document):
+    json_format.ParseDict(document, message, ignore_unknown_fields=False)
+    return message
+
+
+def test_compiled_yaml_is_what_the_kfp_backend_deserializes(compiled):
+    """Strictly the protos a KFP v2 backend reads: the pipeline spec, and per executor the
+    kfp-kubernetes config its driver turns into the pod (unknown or misspelt fields fail)."""
+    spec = _strict(pipeline_spec_pb2.PipelineSpec(), compiled["spec"])
+    assert spec.pipeline_info.name == "nasflow-nas" and spec.schema_version == "2.1.0"
+    platform = _strict(pipeline_spec_pb2.PlatformSpec(), compiled["platform"])
+    executors = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) <= set(spec.deployment_spec["executors"].keys()) and "kubernetes" in platform.platforms
+    for config in executors.values():
+        _strict(kubernetes_executor_config_pb2.KubernetesExecutorConfig(), config)
+    broken = dict(executors["exec-search"], fieldPathAsEnvs=[])
+    with pytest.raises(json_format.ParseError):
+        _strict(kubernetes_executor_config_pb2.KubernetesExecutorConfig(), broken)
 
 
 def test_search_task_knows_what_the_chief_needs_in_its_pod(compiled):
