@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,24 @@ CLI_OPTIONS: dict[str, set[str]] = {
 @pytest.fixture(scope="module")
 def workflow() -> dict:
     return yaml.safe_load(WORKFLOW.read_text())
+
+
+def _check_workflow_schema(path: Path) -> subprocess.CompletedProcess:
+    """check-jsonschema with the GitHub Actions workflow schema it ships (no download)."""
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    return subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_workflow_matches_the_github_actions_schema(tmp_path):
+    result = _check_workflow_schema(WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The schema is strict enough to catch a misspelt key.
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runs-on:", "run-on:", 1))
+    assert _check_workflow_schema(broken).returncode == 1
 
 
 def _steps(workflow: dict, job: str) -> list[dict]:
