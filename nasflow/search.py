@@ -182,14 +182,14 @@ def _make_tuner_class():
     import keras_tuner
 
     class EpochLogger(keras.callbacks.Callback):
-        """Writes every epoch's metrics to the trial's MLflow run."""
+        """Hands every epoch's metrics to the trial's :class:`TrialRecord`."""
 
-        def __init__(self, run: tracking.RunHandle):
+        def __init__(self, record: TrialRecord):
             super().__init__()
-            self.run = run
+            self.record = record
 
         def on_epoch_end(self, epoch, logs=None):
-            self.run.log_metrics({key: float(value) for key, value in (logs or {}).items()}, step=epoch)
+            self.record.add_epoch(epoch, logs or {})
 
     class NasTuner(keras_tuner.Tuner):
         """A Keras Tuner whose trials are scored by accuracy and cost and tracked in MLflow."""
@@ -276,40 +276,23 @@ class _TrialContext:
         values = dict(hp.values)
         started = time.monotonic()
         architecture = _safe_describe(describe_architecture, self.space, values)
-        run = None
+        record = None
         if self.parent is not None:
-            # A worker that died mid-trial leaves its run RUNNING; the retry closes it.
-            self.interrupted_runs.update(close_running_attempts(self.parent, trial.trial_id))
-            run = tracking.start_child_run(
+            record = TrialRecord.open(
                 self.parent,
-                run_name=f"trial-{trial.trial_id}",
+                trial.trial_id,
                 tags={
-                    tracking.ROLE_TAG: "trial",
-                    "nasflow.trial_id": trial.trial_id,
                     "nasflow.strategy": self.settings.strategy,
                     "nasflow.tuner_id": getattr(tuner, "tuner_id", "tuner0"),
                     "nasflow.architecture": architecture,
-                    "nasflow.trial_status": "RUNNING",
-                    **(
-                        {"nasflow.resumed_from_run": self.interrupted_runs[trial.trial_id]}
-                        if trial.trial_id in self.interrupted_runs
-                        else {}
-                    ),
                 },
+                params=values,
+                interrupted_runs=self.interrupted_runs,
             )
-            run.log_params(values)
 
         def finish(status: str, metrics: Mapping[str, float], reason: str = "", feasible: bool | None = None):
-            duration = time.monotonic() - started
-            if run is not None:
-                run.log_metrics({**metrics, "duration_s": duration})
-                tags = {"nasflow.trial_status": status}
-                if feasible is not None:
-                    tags["nasflow.feasible"] = str(feasible).lower()
-                if reason:
-                    tags[tracking.FAILURE_REASON_TAG if status != INFEASIBLE else "nasflow.infeasible_reason"] = reason
-                run.set_tags(tags)
-                run.terminate("FINISHED" if status in (COMPLETED, INFEASIBLE) else "FAILED")
+            if record is not None:
+                record.finish(status, metrics, duration_s=time.monotonic() - started, reason=reason, feasible=feasible)
 
         epochs = int(values.get("tuner/epochs", self.settings.epochs))
         initial_epoch = int(values.get("tuner/initial_epoch", 0))
@@ -339,11 +322,11 @@ class _TrialContext:
                     model.load_weights(checkpoint)
                 else:
                     initial_epoch = 0
-                    if run is not None:
-                        run.set_tags({"nasflow.warm_start": "missing-checkpoint"})
+                    if record is not None:
+                        record.tag({"nasflow.warm_start": "missing-checkpoint"})
             callbacks = [keras.callbacks.TerminateOnNaN()]
-            if run is not None:
-                callbacks.append(epoch_logger_cls(run))
+            if record is not None:
+                callbacks.append(epoch_logger_cls(record))
             fit_started = time.monotonic()
             history = model.fit(
                 self.data.x_train,
@@ -383,8 +366,8 @@ class _TrialContext:
                 "fit_seconds": fit_seconds,
                 "epochs_trained": float(epochs - initial_epoch),
             }
-            if run is not None:
-                run.set_tags({"nasflow.latency_runtime": costs.get("latency_runtime", "")})
+            if record is not None:
+                record.tag({"nasflow.latency_runtime": costs.get("latency_runtime", "")})
             finish(
                 COMPLETED if feasible else INFEASIBLE,
                 metrics,
@@ -396,20 +379,111 @@ class _TrialContext:
         except InvalidArchitectureError:
             raise
         except keras_tuner.errors.FailedTrialError as error:
-            if run is not None and _run_is_open(run):
+            if record is not None and not record.closed:
                 finish(FAILED, {}, reason=f"FailedTrialError: {error}")
             raise
         except Exception as error:
             # Any other failure of one candidate (OOM, a layer that refuses the
             # shape, ...) fails that trial only; the search goes on.
-            if run is not None and _run_is_open(run):
+            if record is not None and not record.closed:
                 finish(FAILED, {}, reason=f"{type(error).__name__}: {error}")
             raise keras_tuner.errors.FailedTrialError(f"{type(error).__name__}: {error}") from error
 
 
-def _run_is_open(run: tracking.RunHandle) -> bool:
-    info = tracking.with_retry(lambda: run.client.get_run(run.run_id), "get run").info
-    return info.status == "RUNNING"
+#: Epoch metrics wait at most this long before they are sent: a trial of a few seconds sends
+#: them once, with its final metrics; a long trial still shows live curves in the MLflow UI.
+EPOCH_FLUSH_S = 30.0
+
+
+class TrialRecord:
+    """The nested MLflow run of one trial, written in as few requests as the UI allows.
+
+    Opening it closes a stale attempt of the same trial (a worker that died mid-trial leaves
+    its run RUNNING) and creates the run with its tags and params. Epoch metrics are kept and
+    sent at most every :data:`EPOCH_FLUSH_S`; the final metrics, the kept epochs and every tag
+    gathered on the way go in one batch when the trial finishes. A trial of a few seconds
+    costs 5 requests (search for a stale attempt, create, params, one batch, end) instead of
+    9 + one per epoch: on a shared tracking server that is what limits how many workers a
+    search can use (``docs/scaling.md``).
+    """
+
+    def __init__(self, run: tracking.RunHandle, flush_every_s: float = EPOCH_FLUSH_S):
+        self.run = run
+        self.flush_every_s = flush_every_s
+        self.closed = False
+        self._epochs: list = []
+        self._tags: dict[str, Any] = {}
+        self._last_flush = time.monotonic()
+
+    @classmethod
+    def open(
+        cls,
+        parent: tracking.RunHandle,
+        trial_id: str,
+        *,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any],
+        interrupted_runs: dict[str, str] | None = None,
+        flush_every_s: float = EPOCH_FLUSH_S,
+    ) -> TrialRecord:
+        """Start the run of ``trial_id`` under ``parent``.
+
+        Args:
+            parent: The search's parent run.
+            trial_id: Keras Tuner's trial id.
+            tags: Tags describing the trial (strategy, tuner id, architecture).
+            params: The trial's hyperparameter values.
+            interrupted_runs: Trial id -> run id of an interrupted attempt; updated with any
+                attempt closed here, and the new run names the one it resumes.
+            flush_every_s: See :data:`EPOCH_FLUSH_S`.
+        """
+        interrupted = interrupted_runs if interrupted_runs is not None else {}
+        interrupted.update(close_running_attempts(parent, trial_id))
+        all_tags = {
+            tracking.ROLE_TAG: "trial",
+            "nasflow.trial_id": trial_id,
+            "nasflow.trial_status": "RUNNING",
+            **tags,
+        }
+        if trial_id in interrupted:
+            all_tags["nasflow.resumed_from_run"] = interrupted[trial_id]
+        run = tracking.start_child_run(parent, run_name=f"trial-{trial_id}", tags=all_tags)
+        run.log_params(params)
+        return cls(run, flush_every_s)
+
+    def add_epoch(self, epoch: int, logs: Mapping[str, Any]) -> None:
+        """Keep one epoch's metrics; send what is kept if the last send is old enough."""
+        self._epochs.extend(tracking.metric_items(logs, step=epoch))
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.run.log_batch(history=self._drain())
+
+    def tag(self, tags: Mapping[str, Any]) -> None:
+        """Add tags to the run; they are sent with the final batch."""
+        self._tags.update(tags)
+
+    def finish(
+        self,
+        status: str,
+        metrics: Mapping[str, float],
+        *,
+        duration_s: float,
+        reason: str = "",
+        feasible: bool | None = None,
+    ) -> None:
+        """Send everything left in one batch and end the run (FINISHED, or FAILED for a failure)."""
+        tags = {**self._tags, "nasflow.trial_status": status}
+        if feasible is not None:
+            tags["nasflow.feasible"] = str(feasible).lower()
+        if reason:
+            tags[tracking.FAILURE_REASON_TAG if status != INFEASIBLE else "nasflow.infeasible_reason"] = reason
+        self.run.log_batch(metrics={**metrics, "duration_s": duration_s}, history=self._drain(), tags=tags)
+        self.run.terminate("FINISHED" if status in (COMPLETED, INFEASIBLE) else "FAILED")
+        self.closed = True
+
+    def _drain(self) -> list:
+        items, self._epochs = self._epochs, []
+        self._last_flush = time.monotonic()
+        return items
 
 
 def _safe_describe(describe, space, values) -> str:
@@ -531,7 +605,7 @@ def _last_failure_reason(message: str) -> str:
 def _trial_runs(parent: tracking.RunHandle, extra_filter: str = "", max_results: int = 5000) -> list:
     """The nested trial runs of ``parent`` (optionally narrowed by an MLflow filter)."""
     client = parent.client
-    experiment_id = tracking.with_retry(lambda: client.get_run(parent.run_id), "get parent run").info.experiment_id
+    experiment_id = parent.cached_run().info.experiment_id
     query = f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}' and tags.`{tracking.ROLE_TAG}` = 'trial'"
     if extra_filter:
         query += f" and {extra_filter}"

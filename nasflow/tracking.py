@@ -18,7 +18,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -245,21 +245,55 @@ def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
         with_retry(lambda batch=batch: client.log_batch(run_id, params=batch), "log params")
 
 
-def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-    """Log finite numeric metrics in one batch; non-numbers are skipped."""
+def metric_items(metrics: Mapping[str, Any], step: int = 0, timestamp_ms: int | None = None) -> list:
+    """MLflow ``Metric`` entities of the finite numbers in ``metrics`` (others are skipped)."""
     import math
 
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    items = [
+    now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    return [
         Metric(key, float(value), now, step)
         for key, value in metrics.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
     ]
-    for start in range(0, len(items), 1000):
-        batch = items[start : start + 1000]
-        with_retry(lambda batch=batch: client.log_batch(run_id, metrics=batch), "log metrics")
+
+
+#: What one MLflow ``log_batch`` request may carry.
+_MAX_BATCH_ENTITIES = 1000
+_MAX_BATCH_TAGS = 100
+
+
+def log_batch(
+    client,
+    run_id: str,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    step: int = 0,
+    history: Sequence[Any] = (),
+    tags: Mapping[str, Any] | None = None,
+) -> None:
+    """Send metrics and tags in as few ``log_batch`` requests as MLflow allows: usually one.
+
+    ``metrics`` are logged at ``step``; ``history`` holds ready ``Metric`` entities (earlier
+    epochs with their own steps and times).
+    """
+    from mlflow.entities import RunTag
+
+    metric_list = [*history, *metric_items(metrics or {}, step)]
+    tag_list = [RunTag(key, value) for key, value in _flatten(tags or {}).items()]
+    while metric_list or tag_list:
+        tag_chunk, tag_list = tag_list[:_MAX_BATCH_TAGS], tag_list[_MAX_BATCH_TAGS:]
+        room = _MAX_BATCH_ENTITIES - len(tag_chunk)
+        metric_chunk, metric_list = metric_list[:room], metric_list[room:]
+        with_retry(
+            lambda m=metric_chunk, t=tag_chunk: client.log_batch(run_id, metrics=m, tags=t), "log metrics and tags"
+        )
+
+
+def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log finite numeric metrics in one batch; non-numbers are skipped."""
+    log_batch(client, run_id, metrics=metrics, step=step)
 
 
 def set_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -286,6 +320,16 @@ class RunHandle:
     def __init__(self, client, run_id: str):
         self.client = client
         self.run_id = run_id
+        self._run = None
+
+    def cached_run(self):
+        """The run as first read, for what never changes (experiment id, creation tags).
+
+        One ``get_run`` per process instead of one per trial.
+        """
+        if self._run is None:
+            self._run = with_retry(lambda: self.client.get_run(self.run_id), "get run")
+        return self._run
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """See :func:`log_params`."""
@@ -294,6 +338,17 @@ class RunHandle:
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """See :func:`log_metrics`."""
         log_metrics(self.client, self.run_id, metrics, step)
+
+    def log_batch(
+        self,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        step: int = 0,
+        history: Sequence[Any] = (),
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """See :func:`log_batch`."""
+        log_batch(self.client, self.run_id, metrics=metrics, step=step, history=history, tags=tags)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """See :func:`set_tags`."""
@@ -313,17 +368,18 @@ def open_parent(tracking_uri: str | None, parent_run_id: str) -> RunHandle:
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
     client = make_client(uri)
+    parent = RunHandle(client, parent_run_id)
     try:
-        with_retry(lambda: client.get_run(parent_run_id), "get parent run")
+        parent.cached_run()
     except Exception as error:
         raise TrackingError(f"MLflow {uri}: parent run {parent_run_id!r} not found: {error}") from error
-    return RunHandle(client, parent_run_id)
+    return parent
 
 
 def start_child_run(parent: RunHandle, run_name: str, tags: Mapping[str, Any] | None = None) -> RunHandle:
     """Create a run nested under ``parent`` in the same experiment."""
     client = parent.client
-    parent_run = with_retry(lambda: client.get_run(parent.run_id), "get parent run")
+    parent_run = parent.cached_run()
     all_tags = {PARENT_TAG: parent.run_id}
     for key in (PIPELINE_JOB_TAG,):
         if key in parent_run.data.tags:

@@ -93,3 +93,96 @@ def test_with_retry_gives_up_with_a_tracking_error():
     with pytest.raises(TrackingError, match="log metrics"):
         tracking.with_retry(always_down, "log metrics", retry_seconds=1.2)
     assert len(calls) >= 2
+
+
+# --- a trial's run: TrialRecord ---------------------------------------------------------------
+class _CountingClient:
+    """The real MlflowClient, counting the requests that reach the store."""
+
+    def __init__(self, client):
+        self._client = client
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def _counting_parent(tmp_path) -> tuple[tracking.RunHandle, _CountingClient]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent_id = tracking.start_parent_run(uri, "nasflow", "job-trial-record")
+    parent = tracking.open_parent(uri, parent_id)
+    counting = _CountingClient(parent.client)
+    parent.client = counting
+    return parent, counting
+
+
+def test_a_short_trial_costs_five_requests_and_keeps_every_epoch(tmp_path):
+    from nasflow.search import TrialRecord
+
+    parent, counting = _counting_parent(tmp_path)
+    record = TrialRecord.open(parent, "0007", tags={"nasflow.tuner_id": "tuner0"}, params={"filters": 32, "act": "relu"})
+    for epoch in range(4):
+        record.add_epoch(epoch, {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + 0.1 * epoch, "lr": float("nan")})
+        time.sleep(0.005)
+    record.tag({"nasflow.latency_runtime": "litert"})
+    record.finish("COMPLETED", {"final_val_accuracy": 0.8}, duration_s=2.5, feasible=True)
+
+    assert counting.calls == ["search_runs", "create_run", "log_batch", "log_batch", "set_terminated"]
+    run = counting.get_run(record.run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"filters": "32", "act": "relu"}
+    assert run.data.metrics["final_val_accuracy"] == 0.8 and run.data.metrics["duration_s"] == 2.5
+    assert "lr" not in run.data.metrics, "non-finite values are skipped"
+    tags = run.data.tags
+    assert tags["nasflow.trial_status"] == "COMPLETED" and tags["nasflow.feasible"] == "true"
+    assert tags["nasflow.latency_runtime"] == "litert" and tags["mlflow.parentRunId"] == parent.run_id
+    history = counting.get_metric_history(record.run.run_id, "val_accuracy")
+    assert [m.step for m in history] == [0, 1, 2, 3]
+    assert [round(m.value, 2) for m in history] == [0.5, 0.6, 0.7, 0.8]
+    assert len({m.timestamp for m in history}) == 4, "each epoch keeps the time it ended"
+
+
+def test_a_long_trial_sends_its_epochs_as_it_goes(tmp_path):
+    from nasflow.search import TrialRecord
+
+    parent, counting = _counting_parent(tmp_path)
+    record = TrialRecord.open(parent, "0001", tags={}, params={}, flush_every_s=0.0)
+    record.add_epoch(0, {"val_accuracy": 0.4})
+    assert [m.step for m in counting.get_metric_history(record.run.run_id, "val_accuracy")] == [0]
+    record.finish("FAILED", {}, duration_s=1.0, reason="FailedTrialError: loss became NaN/inf at epoch 1")
+    run = counting.get_run(record.run.run_id)
+    assert run.info.status == "FAILED" and "NaN" in run.data.tags[tracking.FAILURE_REASON_TAG]
+    assert record.closed
+
+
+def test_a_second_attempt_closes_the_first_and_says_so(tmp_path):
+    from nasflow.search import TrialRecord
+
+    parent, _ = _counting_parent(tmp_path)
+    first = TrialRecord.open(parent, "0003", tags={}, params={})
+    interrupted: dict[str, str] = {}
+    second = TrialRecord.open(parent, "0003", tags={}, params={}, interrupted_runs=interrupted)
+    assert interrupted == {"0003": first.run.run_id}
+    assert parent.client.get_run(first.run.run_id).info.status == "KILLED"
+    assert parent.client.get_run(second.run.run_id).data.tags["nasflow.resumed_from_run"] == first.run.run_id
+
+
+def test_log_batch_splits_at_mlflows_limits(tmp_path):
+    from mlflow.entities import Metric
+
+    parent, counting = _counting_parent(tmp_path)
+    run = tracking.start_child_run(parent, "many")
+    counting.calls.clear()
+    history = [Metric("m", float(step), 1_700_000_000_000 + step, step) for step in range(1500)]
+    run.log_batch(history=history, tags={f"t{k}": k for k in range(150)})
+    assert counting.calls == ["log_batch", "log_batch"]  # 100 tags + 900 metrics, then 50 + 600
+    assert len(counting.get_metric_history(run.run_id, "m")) == 1500
+    assert len([key for key in counting.get_run(run.run_id).data.tags if key.startswith("t")]) == 150
