@@ -15,10 +15,12 @@ No model is trained. Three measurements, each the input of ``docs/scaling.md``:
   finished trials (the GP refit grows with them).
 * **mlflow**: a local ``mlflow server`` on loopback over SQLite with one worker (what
   ``nasflow.distributed.tracking_for_workers`` starts), and K client processes each
-  replaying ``search.py``'s per-trial calls with nasflow's own functions:
-  ``close_running_attempts`` (get_run + search_runs), ``start_child_run`` (get_run +
-  create_run), ``log_params``, one ``log_metrics`` per epoch, ``set_tags`` (latency
-  runtime), final ``log_metrics``, ``set_tags``, ``terminate``.
+  replaying ``run_trial``'s tracking with nasflow's own ``TrialRecord`` (open: search for a
+  stale attempt, create, params; one ``add_epoch`` per epoch; finish: one batch, end). Run
+  against a checkout from before ``TrialRecord`` (``PYTHONPATH=<that checkout>``), it replays
+  the calls of that time instead: ``close_running_attempts`` (get_run + search_runs),
+  ``start_child_run`` (get_run + create_run), ``log_params``, one ``log_metrics`` per epoch,
+  ``set_tags`` (latency runtime), final ``log_metrics``, ``set_tags``, ``terminate``.
 * **data**: size of ``splits.npz`` and time of ``load_prepared`` for ``digits`` and
   ``mnist-5k``.
 
@@ -241,12 +243,48 @@ def _server_cpu_s(port: int) -> float:
     return sum(cpu for _, pgid, cpu in stats.values() if pgid in groups) / ticks
 
 
+FINAL_METRICS = (
+    "final_val_accuracy", "best_val_accuracy", "final_val_loss", "score", "params", "flops", "size_bytes",
+    "latency_p50_ms", "latency_p95_ms", "fit_seconds", "epochs_trained",
+)  # fmt: skip
+
+
+def _legacy_trial(parent, trial_id, tuner_id, values, epochs, rng, timed) -> None:
+    """run_trial's calls before TrialRecord (2026-11-22): 9 + one request per epoch."""
+    from nasflow import tracking
+    from nasflow.search import close_running_attempts
+
+    timed("close_running_attempts (get_run+search_runs)", lambda: close_running_attempts(parent, trial_id))
+    tags = {
+        tracking.ROLE_TAG: "trial", "nasflow.trial_id": trial_id, "nasflow.strategy": "random",
+        "nasflow.tuner_id": tuner_id, "nasflow.architecture": "conv32-conv64-gap-dense64",
+        "nasflow.trial_status": "RUNNING",
+    }  # fmt: skip
+    run = timed(
+        "start_child_run (get_run+create_run)",
+        lambda: tracking.start_child_run(parent, run_name=f"trial-{trial_id}", tags=tags),
+    )
+    timed("log_params", lambda: run.log_params(values))
+    for epoch in range(epochs):
+        logs = {name: rng.random() for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        timed("log_metrics (epoch)", lambda logs=logs, epoch=epoch: run.log_metrics(logs, step=epoch))
+    timed("set_tags (latency runtime)", lambda: run.set_tags({"nasflow.latency_runtime": "litert"}))
+    final = {name: rng.random() for name in (*FINAL_METRICS, "duration_s")}
+    timed("log_metrics (final)", lambda: run.log_metrics(final))
+    timed("set_tags (status)", lambda: run.set_tags({"nasflow.trial_status": "COMPLETED", "nasflow.feasible": "true"}))
+    timed("terminate", lambda: run.terminate("FINISHED"))
+
+
 def mlflow_client(uri: str, parent_id: str, trials: int, epochs: int, tuner_id: str) -> None:
     """Replays search.py's MLflow calls for ``trials`` trials; prints per-call times as JSON."""
     import random
 
     from nasflow import tracking
-    from nasflow.search import close_running_attempts
+
+    try:
+        from nasflow.search import TrialRecord
+    except ImportError:  # measuring a checkout from before TrialRecord
+        TrialRecord = None  # noqa: N806
 
     parent = tracking.RunHandle(tracking.make_client(uri), parent_id)
     rng = random.Random(tuner_id)
@@ -265,55 +303,45 @@ def mlflow_client(uri: str, parent_id: str, trials: int, epochs: int, tuner_id: 
     for number in range(trials):
         trial_start = time.perf_counter()
         trial_id = f"{tuner_id}-{number:04d}"
-        timed(
-            "close_running_attempts (get_run+search_runs)",
-            lambda trial_id=trial_id: close_running_attempts(parent, trial_id),
-        )
-        run = timed(
-            "start_child_run (get_run+create_run)",
-            lambda trial_id=trial_id: tracking.start_child_run(
-                parent,
-                run_name=f"trial-{trial_id}",
-                tags={
-                    tracking.ROLE_TAG: "trial",
-                    "nasflow.trial_id": trial_id,
-                    "nasflow.strategy": "random",
-                    "nasflow.tuner_id": tuner_id,
-                    "nasflow.architecture": "conv32-conv64-gap-dense64",
-                    "nasflow.trial_status": "RUNNING",
-                },
-            ),
-        )
-        timed("log_params", lambda run=run: run.log_params(values))
-        for epoch in range(epochs):
-            logs = {
-                "loss": rng.random(),
-                "accuracy": rng.random(),
-                "val_loss": rng.random(),
-                "val_accuracy": rng.random(),
-            }
-            timed(
-                "log_metrics (epoch)",
-                lambda run=run, logs=logs, epoch=epoch: run.log_metrics(logs, step=epoch),
+        if TrialRecord is None:  # the code before TrialRecord: one request per call below
+            _legacy_trial(parent, trial_id, tuner_id, values, epochs, rng, timed)
+        else:
+            record = timed(
+                "open (search_runs + create_run + params)",
+                lambda trial_id=trial_id: TrialRecord.open(
+                    parent,
+                    trial_id,
+                    tags={
+                        "nasflow.strategy": "random",
+                        "nasflow.tuner_id": tuner_id,
+                        "nasflow.architecture": "conv32-conv64-gap-dense64",
+                    },
+                    params=values,
+                ),
             )
-        timed(
-            "set_tags (latency runtime)", lambda run=run: run.set_tags({"nasflow.latency_runtime": "litert"})
-        )
-        final = {name: rng.random() for name in ("final_val_accuracy", "best_val_accuracy", "final_val_loss", "score",
-                                                 "params", "flops", "size_bytes", "latency_p50_ms", "latency_p95_ms",
-                                                 "fit_seconds", "epochs_trained", "duration_s")}  # fmt: skip
-        timed("log_metrics (final)", lambda run=run, final=final: run.log_metrics(final))
-        timed(
-            "set_tags (status)",
-            lambda run=run: run.set_tags({"nasflow.trial_status": "COMPLETED", "nasflow.feasible": "true"}),
-        )
-        timed("terminate", lambda run=run: run.terminate("FINISHED"))
+            for epoch in range(epochs):
+                logs = {name: rng.random() for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
+                timed("add_epoch", lambda record=record, logs=logs, epoch=epoch: record.add_epoch(epoch, logs))
+            record.tag({"nasflow.latency_runtime": "litert"})
+            final = {name: rng.random() for name in FINAL_METRICS}
+            timed(
+                "finish (one batch + end)",
+                lambda record=record, final=final: record.finish("COMPLETED", final, duration_s=1.0, feasible=True),
+            )
         per_trial.append(time.perf_counter() - trial_start)
     print(
         json.dumps(
             {"trials": trials, "wall_s": time.monotonic() - started, "calls": calls, "per_trial": per_trial}
         )
     )
+
+
+def _calls_per_trial(epochs: int) -> int:
+    try:
+        from nasflow.search import TrialRecord  # noqa: F401
+    except ImportError:
+        return 9 + epochs
+    return 5  # search_runs, create_run, params, one batch, end (trials shorter than EPOCH_FLUSH_S)
 
 
 def measure_mlflow(clients: int, trials_per_client: int, epochs: int) -> dict:
@@ -343,7 +371,7 @@ def measure_mlflow(clients: int, trials_per_client: int, epochs: int) -> dict:
         "backend": "sqlite via `mlflow server --workers 1` on 127.0.0.1",
         "clients": clients,
         "epochs": epochs,
-        "calls_per_trial": 9 + epochs,
+        "calls_per_trial": _calls_per_trial(epochs),
         "trials": trials,
         "wall_s": round(wall, 2),
         "trials_per_s": round(trials / wall, 2),
@@ -384,6 +412,10 @@ def main() -> None:
     parser.add_argument("--bayesian-trials", type=int, default=250)
     parser.add_argument("--mlflow-trials", type=int, default=40, help="trials per client process")
     parser.add_argument("--epochs", type=int, default=3, help="per-epoch metric batches per trial")
+    parser.add_argument(
+        "--parts", nargs="+", choices=("oracle", "mlflow", "data"), default=["oracle", "mlflow", "data"],
+        help="what to measure; a subset is written to chief_and_tracking_latency_<parts>.json",
+    )  # fmt: skip
     args = parser.parse_args()
     import platform
 
@@ -393,7 +425,7 @@ def main() -> None:
         "oracle": [],
         "mlflow": [],
     }
-    for strategy, clients, trials in (
+    for strategy, clients, trials in () if "oracle" not in args.parts else (
         ("random", 1, args.oracle_trials),
         ("random", 2, args.oracle_trials),
         ("random", 4, args.oracle_trials // 2),
@@ -408,15 +440,18 @@ def main() -> None:
             )
         )
         document["oracle"].append(row)
-    for clients in (1, 2, 4):
+    for clients in (1, 2, 4) if "mlflow" in args.parts else ():
         row = measure_mlflow(clients, args.mlflow_trials, args.epochs)
         print(json.dumps({k: row[k] for k in ("clients", "trials_per_s", "per_trial")}))
         document["mlflow"].append(row)
-    document["data"] = measure_data()
+    if "data" in args.parts:
+        document["data"] = measure_data()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "chief_and_tracking_latency.json").write_text(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {out / 'chief_and_tracking_latency.json'}")
+    every_part = {"oracle", "mlflow", "data"} <= set(args.parts)
+    name = "chief_and_tracking_latency" + ("" if every_part else "_" + "_".join(args.parts)) + ".json"
+    (out / name).write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":
