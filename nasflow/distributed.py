@@ -329,6 +329,8 @@ def run_search_on_cluster(
             secret_env={key: (CLUSTER_CREDENTIALS_SECRET, key) for key in MLFLOW_CREDENTIAL_KEYS},
             cpu=worker_cpu,
             memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
+            # Never outlive the chief's patience, even if nobody is left to delete the Job.
+            active_deadline_s=int(timeout_s) + 600,
         )
 
         def chief_failure() -> str | None:

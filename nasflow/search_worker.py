@@ -41,18 +41,61 @@ def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
         # Keras Tuner reload a local copy of the oracle it does not own.
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
         (Path(spec.work_dir) / PROJECT_NAME / f"{tuner_id}.json").unlink(missing_ok=True)
-    tuner = run_search(
-        data,
-        space,
-        settings,
-        objective,
-        parent=parent,
-        work_dir=spec.work_dir,
-        overwrite=spec.overwrite if role == "chief" else False,
-        in_process=True,
-        trials_this_process=trials_per_process if role == "worker" else 0,
-    )
+        _limit_oracle_wait()
+    try:
+        tuner = run_search(
+            data,
+            space,
+            settings,
+            objective,
+            parent=parent,
+            work_dir=spec.work_dir,
+            overwrite=spec.overwrite if role == "chief" else False,
+            in_process=True,
+            trials_this_process=trials_per_process if role == "worker" else 0,
+        )
+    except Exception as error:
+        if role == "worker" and _is_deadline(error):
+            address = f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
+            print(f"nasflow: the chief oracle at {address} did not answer within {_oracle_wait_s():g} s", flush=True)
+            return ORACLE_GONE_EXIT_CODE
+        raise
     return RECYCLE_EXIT_CODE if getattr(tuner, "nas_quota_reached", False) else 0
+
+
+#: Exit code of a worker whose chief stopped answering.
+ORACLE_GONE_EXIT_CODE = 3
+
+
+def _oracle_wait_s() -> float:
+    import os
+
+    return float(os.environ.get("NASFLOW_ORACLE_TIMEOUT_S") or 600)
+
+
+def _limit_oracle_wait() -> None:
+    """Fail a worker whose chief has gone silent, instead of letting it wait an hour per call.
+
+    Keras Tuner's client waits up to 60 min on every call (``oracle_client.TIMEOUT``) because
+    its workers may start before the chief serves. nasflow starts workers only once the
+    oracle answers, so a chief silent for ``NASFLOW_ORACLE_TIMEOUT_S`` (600 s) is gone: the
+    worker exits, and on a cluster its Job fails instead of holding nodes for hours.
+    """
+    from keras_tuner.src.distribute import oracle_client
+
+    oracle_client.TIMEOUT = _oracle_wait_s()
+
+
+def _is_deadline(error: BaseException) -> bool:
+    import grpc
+
+    for _ in range(10):  # the exception and what it was raised from
+        if isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return True
+        error = error.__cause__ or error.__context__
+        if error is None:
+            break
+    return False
 
 
 def _supervise(spec_path: str, role: str, trials_per_process: int) -> int:

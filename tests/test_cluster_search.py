@@ -125,6 +125,7 @@ def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_d
     kubernetes_validate.validate({k: v for k, v in job.items() if k != "status"}, "1.32.0", strict=True)
     assert job["metadata"]["ownerReferences"][0]["uid"] == CHIEF_UID
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert job["spec"]["activeDeadlineSeconds"] == 24 * 3600 + 600
     assert job["status"]["conditions"][0]["type"] == "Complete"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     env = {entry["name"]: entry for entry in container["env"]}

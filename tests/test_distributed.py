@@ -112,3 +112,40 @@ def test_two_recycled_workers_share_one_search_and_survive_a_killed_worker(tmp_p
     (rerun,) = [run for run in finished if run.data.tags.get("nasflow.resumed_from_run") == killed_run]
     assert rerun.data.tags["nasflow.trial_id"] == stale.data.tags["nasflow.trial_id"]
     assert rerun.data.tags["nasflow.tuner_id"] == "tuner1"
+
+
+def test_a_worker_whose_chief_is_gone_exits_instead_of_waiting_an_hour(tmp_path, digits_dir):
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from mlflow_server import free_port
+
+    from nasflow.distributed import WorkerSpec
+    from nasflow.objectives import ObjectiveConfig
+    from nasflow.search import SearchSettings
+    from nasflow.search_space import load_search_space, resolve_search_space
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = WorkerSpec(
+        dataset_dir=digits_dir,
+        space_config=load_search_space(resolve_search_space("cnn", "image")).to_dict(),
+        space_source="cnn",
+        settings=asdict(SearchSettings("random", max_trials=2, epochs=1, seed=1)),
+        objective=asdict(ObjectiveConfig()),
+        parent_run_id=tracking.start_parent_run(uri, "nasflow", "orphan"),
+        tracking_uri=uri,
+        work_dir=str(tmp_path / "work"),
+        overwrite=False,
+    )
+    port = free_port()  # nothing listens: the chief is gone
+    env = dict(os.environ, KERASTUNER_TUNER_ID="tuner0", KERASTUNER_ORACLE_IP="127.0.0.1",
+               KERASTUNER_ORACLE_PORT=str(port), NASFLOW_ORACLE_TIMEOUT_S="2")  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "nasflow.search_worker", "--spec", str(spec.save(tmp_path / "spec.json")), "--role", "worker"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"nasflow: the chief oracle at 127.0.0.1:{port} did not answer within 2 s" in result.stdout.splitlines()
+    assert time.monotonic() - started < 60
