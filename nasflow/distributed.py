@@ -137,6 +137,11 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(meaningful_lines(text)[-lines:])
 
 
+def _chief_exit(chief: subprocess.Popen, log: Path) -> str:
+    """One line on a chief that has exited: its code and the last lines of its log."""
+    return f"the chief oracle exited with code {chief.returncode}: {_tail(log)}"
+
+
 def _launch(
     spec_path: Path,
     role: str,
@@ -200,9 +205,7 @@ def run_search_processes(
             if deadline is not None and time.monotonic() > deadline:
                 raise SearchError(f"the distributed search did not finish within {timeout_s:.0f}s")
             if chief.poll() is not None and chief.returncode != 0:
-                raise SearchError(
-                    f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}"
-                )
+                raise SearchError(_chief_exit(chief, log_dir / "chief.log"))
             for tuner_id, process in list(workers.items()):
                 code = process.poll()
                 if code is None or tuner_id in done:
@@ -335,7 +338,7 @@ def run_search_on_cluster(
 
         def chief_failure() -> str | None:
             if chief.poll() not in (None, 0):
-                return f"the chief oracle exited with code {chief.returncode}: {_tail(log_dir / 'chief.log')}"
+                return _chief_exit(chief, log_dir / "chief.log")
             return None
 
         with BootstrapServer(spec, host=bind_host, port=bootstrap_port, pack_dir=work_dir / "bootstrap"):
@@ -369,7 +372,7 @@ def _wait_for_oracle(
     deadline = time.monotonic() + timeout_s
     while not _port_open(host, port):
         if chief.poll() is not None:
-            raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log)}")
+            raise SearchError(_chief_exit(chief, log))
         if time.monotonic() > deadline:
             raise SearchError(
                 f"the chief oracle did not open port {port} within {timeout_s:.0f}s: {_tail(log)}"
@@ -391,7 +394,7 @@ def _wait_for_chief_end(chief: subprocess.Popen, log: Path, grace_s: float = 3) 
         _stop(chief)
         return
     if chief.returncode != 0:
-        raise SearchError(f"the chief oracle exited with code {chief.returncode}: {_tail(log)}")
+        raise SearchError(_chief_exit(chief, log))
 
 
 def _current_namespace() -> str:

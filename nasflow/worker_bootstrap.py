@@ -70,6 +70,8 @@ class BootstrapServer:
         self.spec_document = json.dumps(
             {"spec": asdict(spec), "dataset_sha256": _sha256(self.archive)}, default=str
         ).encode()
+        # Before the server starts: its handler appends here from the first request on.
+        self.requests: list[str] = []
         try:
             self._server = ThreadingHTTPServer((host, port), self._handler())
         except OSError as error:
@@ -81,7 +83,6 @@ class BootstrapServer:
             target=self._server.serve_forever, name="nasflow-bootstrap", daemon=True
         )
         self._thread.start()
-        self.requests: list[str] = []
 
     @property
     def port(self) -> int:
