@@ -14,7 +14,7 @@ No model is trained. Three measurements, each the input of ``docs/scaling.md``:
   ``bayesian`` the CreateTrial handler time is also reported against the number of
   finished trials (the GP refit grows with them).
 * **mlflow**: a local ``mlflow server`` on loopback over SQLite with one worker (what
-  ``nasflow.distributed.tracking_for_workers`` starts), and K client processes each
+  ``nasflow.cluster.local.tracking_for_workers`` starts), and K client processes each
   replaying ``run_trial``'s tracking with nasflow's own ``TrialRecord`` (open: search for a
   stale attempt, create, params; one ``add_epoch`` per epoch; finish: one batch, end). Run
   against a checkout from before ``TrialRecord`` (``PYTHONPATH=<that checkout>``), it replays
@@ -68,7 +68,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 def _declared_space():
     import keras_tuner
 
-    from nasflow.search_space import load_search_space, resolve_search_space
+    from nasflow.spaces.schema import load_search_space, resolve_search_space
 
     space = load_search_space(resolve_search_space("cnn", "image"))
     hp = keras_tuner.HyperParameters()
@@ -82,7 +82,7 @@ def _start_chief(strategy: str, project_dir: str, max_trials: int):
     from keras_tuner.src import protos
     from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
-    from nasflow.search import make_oracle
+    from nasflow.search.strategies import make_oracle
 
     oracle = make_oracle(strategy, max_trials, 3, 2027, _declared_space())
     oracle._set_project_dir(project_dir, "search")
@@ -252,7 +252,7 @@ FINAL_METRICS = (
 def _legacy_trial(parent, trial_id, tuner_id, values, epochs, rng, timed) -> None:
     """run_trial's calls before TrialRecord (2026-11-22): 9 + one request per epoch."""
     from nasflow import tracking
-    from nasflow.search import close_running_attempts
+    from nasflow.search.records import close_running_attempts
 
     timed("close_running_attempts (get_run+search_runs)", lambda: close_running_attempts(parent, trial_id))
     tags = {
@@ -282,7 +282,7 @@ def mlflow_client(uri: str, parent_id: str, trials: int, epochs: int, tuner_id: 
     from nasflow import tracking
 
     try:
-        from nasflow.search import TrialRecord
+        from nasflow.search.records import TrialRecord
     except ImportError:  # measuring a checkout from before TrialRecord
         TrialRecord = None  # noqa: N806
 
@@ -338,20 +338,20 @@ def mlflow_client(uri: str, parent_id: str, trials: int, epochs: int, tuner_id: 
 
 def _calls_per_trial(epochs: int) -> int:
     try:
-        from nasflow.search import TrialRecord  # noqa: F401
+        from nasflow.search.records import TrialRecord  # noqa: F401
     except ImportError:
         return 9 + epochs
     return 5  # search_runs, create_run, params, one batch, end (trials shorter than EPOCH_FLUSH_S)
 
 
 def measure_mlflow(clients: int, trials_per_client: int, epochs: int) -> dict:
-    from nasflow import distributed, tracking
+    from nasflow import cluster, tracking
 
     load_start = _load()
     with tempfile.TemporaryDirectory(prefix="nasflow-mlflow-bench-") as folder:
         store = f"sqlite:///{folder}/mlflow.db"
         # num_workers=2 makes tracking_for_workers start the server nasflow starts for workers.
-        with distributed.tracking_for_workers(store, num_workers=2) as uri:
+        with cluster.tracking_for_workers(store, num_workers=2) as uri:
             parent_id = tracking.start_parent_run(uri, "nasflow-bench", f"mlflow-{clients}")
             # Warm the server (first requests import and migrate lazily).
             _run_clients("--mlflow-client", 1, [uri, parent_id, "2", str(epochs)])
@@ -389,7 +389,7 @@ def measure_mlflow(clients: int, trials_per_client: int, epochs: int) -> dict:
 
 def measure_data() -> list[dict]:
     from nasflow.data import load_prepared
-    from nasflow.steps import data_prep_step
+    from nasflow.steps.data_prep import data_prep_step
 
     rows = []
     for source in ("digits", "mnist-5k"):

@@ -51,7 +51,7 @@ CURVE_STEP_S = 2.0
 
 def _load():
     from nasflow.data import load_raw_dataset, split_dataset
-    from nasflow.search_space import load_search_space, resolve_search_space
+    from nasflow.spaces.schema import load_search_space, resolve_search_space
 
     data = split_dataset(load_raw_dataset(DATASET), 0.2, 0.2, SPLIT_SEED)
     space = load_search_space(resolve_search_space(SPACE, "image"))
@@ -77,7 +77,9 @@ def _nasflow_search(
     strategy: str, seed: int, budget_s: float, epochs: int, max_trials: int, work: Path, data, space
 ):
     from nasflow import tracking
-    from nasflow.search import SearchSettings, collect_trials, run_search
+    from nasflow.search.records import collect_trials
+    from nasflow.search.settings import SearchSettings
+    from nasflow.search.tuner import run_search
 
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     parent_id = tracking.start_parent_run(uri, "search-efficiency", f"{strategy}-{seed}-{time.time_ns()}")
@@ -153,8 +155,8 @@ def _optuna_search(seed: int, budget_s: float, epochs: int, max_trials: int, dat
     import keras
     import optuna
 
-    from nasflow.costs import measure_candidate_costs
     from nasflow.errors import InvalidArchitectureError
+    from nasflow.search.costs import measure_candidate_costs
     from nasflow.train import hyperparameters_from_values
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -205,7 +207,7 @@ def _optuna_search(seed: int, budget_s: float, epochs: int, max_trials: int, dat
 def patch_batch_norm_momentum(momentum: float) -> None:
     """Make ``BatchNormalization`` default to ``momentum`` in this process (0: leave Keras' 0.99).
 
-    Workaround, not a fix: ``nasflow.architectures`` builds every mobile block with Keras'
+    Workaround, not a fix: ``nasflow.spaces.families`` builds every mobile block with Keras'
     default momentum 0.99, and after 1-3 epochs of ~47 steps the moving statistics are
     still mostly their initial values, so every ``mobile_cnn`` candidate evaluates at
     chance (val accuracy 0.100) in inference mode and the search is blind. Applied to
@@ -299,7 +301,7 @@ def time_to_reach(trials: list[dict], target: float) -> float | None:
 
 
 def front_hypervolume(trials: list[dict], reference: tuple[float, float]) -> tuple[float, int]:
-    from nasflow.objectives import hypervolume_2d, pareto_front
+    from nasflow.search.objectives import hypervolume_2d, pareto_front
 
     rows = [
         {

@@ -8,7 +8,7 @@ space in ``bench/spaces/tiny_cnn.yaml`` for:
 * ``keras_tuner``: ``keras_tuner.RandomSearch`` with a HyperModel from the same space,
   all trials in one process. Timers around ``run_trial`` and around ``model.fit``.
 * ``nasflow_recycled``: nasflow's random search with ``trials_per_process`` (default 25)
-  through the path ``nasflow.steps`` takes for it (``distributed.run_search_processes``:
+  through the path ``nasflow.steps`` takes for it (``cluster.run_search_processes``:
   a chief oracle process and one worker process started again every N trials), MLflow
   logging to a throw-away SQLite store. Times from the MLflow rows: ``duration_s`` and
   ``fit_seconds``.
@@ -49,7 +49,7 @@ VARIANTS = ("keras_tuner", "nasflow_recycled", "nasflow_in_process")
 
 def _load():
     from nasflow.data import load_raw_dataset, split_dataset
-    from nasflow.search_space import load_search_space
+    from nasflow.spaces.schema import load_search_space
 
     return split_dataset(load_raw_dataset(DATASET), 0.2, 0.2, SPLIT_SEED), load_search_space(SPACE_FILE)
 
@@ -58,7 +58,7 @@ def run_keras_tuner(trials: int, seed: int, work: Path) -> list[dict]:
     """Plain ``keras_tuner.RandomSearch`` in this process, timed around ``run_trial`` and ``fit``."""
     import keras_tuner
 
-    from nasflow.search_space import SearchSpaceHyperModel
+    from nasflow.spaces.schema import SearchSpaceHyperModel
 
     data, space = _load()
     records: list[dict] = []
@@ -105,10 +105,12 @@ def run_nasflow(trials: int, seed: int, work: Path, trials_per_process: int, rec
     """nasflow's random search, recycled worker processes (as ``nasflow.steps``) or in this process."""
     from dataclasses import asdict
 
-    from nasflow import distributed, tracking
+    from nasflow import cluster, tracking
     from nasflow.data import save_splits
-    from nasflow.objectives import ObjectiveConfig
-    from nasflow.search import SearchSettings, collect_trials, run_search
+    from nasflow.search.objectives import ObjectiveConfig
+    from nasflow.search.records import collect_trials
+    from nasflow.search.settings import SearchSettings
+    from nasflow.search.tuner import run_search
 
     data, space = _load()
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
@@ -120,7 +122,7 @@ def run_nasflow(trials: int, seed: int, work: Path, trials_per_process: int, rec
     )  # fmt: skip
     if recycled:
         save_splits(data, work / "dataset")
-        spec = distributed.WorkerSpec(
+        spec = cluster.WorkerSpec(
             dataset_dir=str((work / "dataset").resolve()),
             space_config=space.to_dict(),
             space_source=str(SPACE_FILE),
@@ -131,7 +133,7 @@ def run_nasflow(trials: int, seed: int, work: Path, trials_per_process: int, rec
             work_dir=str((work / "tuner").resolve()),
             overwrite=True,
         )
-        processes = distributed.run_search_processes(
+        processes = cluster.run_search_processes(
             spec, num_workers=1, trials_per_process=trials_per_process, timeout_s=3600
         )
         print(f"worker processes used: {processes}", flush=True)

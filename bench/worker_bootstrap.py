@@ -1,4 +1,4 @@
-"""What it costs a worker pod to get the spec and dataset from the chief (nasflow.worker_bootstrap).
+"""What it costs a worker pod to get the spec and dataset from the chief (nasflow.cluster.bootstrap).
 
 On a cluster each worker pod downloads the packed dataset once from the chief's bootstrap
 server. This measures, for the bundled datasets, the prepared size, the packed (gzip) size,
@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from nasflow.distributed import WorkerSpec
-from nasflow.steps import data_prep_step
-from nasflow.worker_bootstrap import BootstrapServer, fetch_worker_spec
+from nasflow.cluster.bootstrap import BootstrapServer, fetch_worker_spec
+from nasflow.cluster.spec import WorkerSpec
+from nasflow.steps.data_prep import data_prep_step
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -39,8 +39,8 @@ VARIANTS = {"in-process": 0, "1-worker": 1, "2-workers": 2}
 
 def run_variant(name: str, dataset_dir: str, trials: int, epochs: int, seed: int) -> dict:
     from nasflow import tracking
-    from nasflow.search import collect_trials
-    from nasflow.steps import search_step
+    from nasflow.search.records import collect_trials
+    from nasflow.steps.search import search_step
 
     root = Path(tempfile.mkdtemp(prefix=f"nasflow-worker-throughput-{name}-"))
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -98,7 +98,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def main() -> None:
-    from nasflow.steps import data_prep_step
+    from nasflow.steps.data_prep import data_prep_step
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=12)

@@ -22,7 +22,7 @@ def compress(
     fine_tune_epochs: int = 2,
 ):
     """Every variant measured through LiteRT; the selection and its reason are recorded."""
-    from nasflow.steps import compress_step
+    from nasflow.steps.compress import compress_step
 
     result = compress_step(
         dataset.path,

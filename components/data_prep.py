@@ -17,7 +17,7 @@ def data_prep(
     min_samples_per_class: int = 5,
 ):
     """Write a validated, stratified train/val/test split (``splits.npz`` + ``metadata.json``)."""
-    from nasflow.steps import data_prep_step
+    from nasflow.steps.data_prep import data_prep_step
 
     metadata = data_prep_step(
         dataset_source,

@@ -18,7 +18,7 @@ def register(
     min_improvement: float = 0.0,
 ) -> str:
     """Returns ``name/version`` of the registered model version."""
-    from nasflow.steps import register_step
+    from nasflow.steps.register import register_step
 
     result = register_step(
         dataset.path,

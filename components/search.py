@@ -35,7 +35,7 @@ def search(
     trials_per_process: int = 0,
 ):
     """Search the space (0 means "no constraint"); outputs the best hyperparameters (JSON), the trial table (CSV) and a report."""
-    from nasflow.steps import search_step
+    from nasflow.steps.search import search_step
 
     metrics = search_step(
         dataset.path,

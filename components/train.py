@@ -20,7 +20,7 @@ def train(
     use_gpu: bool = False,
 ):
     """Train on train+val with early stopping and checkpoints; evaluate on test."""
-    from nasflow.steps import train_step
+    from nasflow.steps.train import train_step
 
     result = train_step(
         dataset.path,

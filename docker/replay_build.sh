@@ -34,7 +34,7 @@ export HOME="$HOME_DIR" MPLCONFIGDIR="$HOME_DIR/matplotlib" KERAS_HOME="$HOME_DI
 unset PYTHONPATH
 python - <<'PY'
 import pathlib, sys
-import nasflow, nasflow.worker_bootstrap, nasflow.search_worker, nasflow.workers  # noqa: F401
+import nasflow, nasflow.cluster.bootstrap, nasflow.cluster.worker, nasflow.cluster.job  # noqa: F401
 root = pathlib.Path(nasflow.__file__).resolve()
 assert "site-packages" in str(root), f"nasflow imported from the source tree: {root}"
 from nasflow.config import search_spaces_dirs
@@ -44,7 +44,7 @@ print("installed package:", root.parent, "| search spaces:", [p.name for p in di
 PY
 nasflow --help >/dev/null
 nasflow validate cnn
-python -m nasflow.search_worker --help >/dev/null
+python -m nasflow.cluster.worker --help >/dev/null
 
 echo "== a chief + 1 worker search on digits from the installed package"
 nasflow run --dataset digits --strategy random --max-trials 2 --epochs 1 --train-epochs 1 \

@@ -1,4 +1,4 @@
-"""A local stand-in for the few KFP v2beta1 REST endpoints nasflow.remote uses.
+"""A local stand-in for the few KFP v2beta1 REST endpoints nasflow.cli.remote uses.
 
 It is a real HTTP server (``http.server`` in a thread on 127.0.0.1, a free port), so the real
 ``kfp.Client`` and its generated ``kfp_server_api`` code make real requests to it. Endpoints:

@@ -147,7 +147,7 @@ def create_tagged_version(
     """
     from mlflow.exceptions import MlflowException
 
-    from nasflow.registry import TEST_METRIC_NAME_TAG, TEST_METRIC_TAG
+    from nasflow.registry._mlflow import TEST_METRIC_NAME_TAG, TEST_METRIC_TAG
 
     run = client.create_run(experiment_id, run_name=f"dummy-{model_name}")
     client.log_text(run.info.run_id, f"dummy model, {metric_name}={metric}\n", "model/README.txt")

@@ -49,7 +49,8 @@ def wait_for(predicate, timeout_s: float = 240.0, process: subprocess.Popen | No
 
 
 def main(argv: list[str]) -> None:
-    from nasflow.steps import data_prep_step, search_step
+    from nasflow.steps.data_prep import data_prep_step
+    from nasflow.steps.search import search_step
 
     root, uri, strategy, max_trials, epochs = Path(argv[0]), argv[1], argv[2], int(argv[3]), int(argv[4])
     if not (root / "dataset" / "metadata.json").exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nasflow.cli import PIPELINE_PARAMETER_NAMES, build_parser, main, pipeline_parameters
+from nasflow.cli.main import PIPELINE_PARAMETER_NAMES, build_parser, main, pipeline_parameters
 from pipelines.nas_pipeline import nas_pipeline
 
 
@@ -84,7 +84,7 @@ def test_submit_with_bad_param_is_rejected(tmp_path, capsys):
 
 
 def test_one_default_strategy_everywhere():
-    from nasflow.search import DEFAULT_STRATEGY, SearchSettings
+    from nasflow.search.settings import DEFAULT_STRATEGY, SearchSettings
 
     args = build_parser().parse_args(["run"])
     assert args.strategy == DEFAULT_STRATEGY == SearchSettings().strategy

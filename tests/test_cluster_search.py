@@ -25,7 +25,9 @@ from mlflow_server import free_port, running_mlflow_server
 
 from nasflow import tracking
 from nasflow.config import CLUSTER_CREDENTIALS_SECRET
-from nasflow.steps import ERROR_FILE_ENV, data_prep_step, search_step
+from nasflow.steps._common import ERROR_FILE_ENV
+from nasflow.steps.data_prep import data_prep_step
+from nasflow.steps.search import search_step
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +101,7 @@ def _search_processes(under: Path) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if "nasflow.search_worker" in cmdline and state != "Z" and (str(under) in cmdline or cwd.startswith(str(under))):
+        if "nasflow.cluster.worker" in cmdline and state != "Z" and (str(under) in cmdline or cwd.startswith(str(under))):
             found.append(int(entry.name))
     return found
 

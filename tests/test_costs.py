@@ -9,16 +9,16 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from nasflow.costs import (
+from nasflow.errors import InvalidArchitectureError
+from nasflow.litert import convert_keras_model, measure_latency
+from nasflow.search.costs import (
     CandidateCosts,
     cheap_constraint_check,
     count_flops,
     count_params,
     measure_candidate_costs,
 )
-from nasflow.errors import InvalidArchitectureError
-from nasflow.litert import convert_keras_model, measure_latency
-from nasflow.objectives import ObjectiveConfig
+from nasflow.search.objectives import ObjectiveConfig
 
 layers = keras.layers
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from nasflow import tracking
-from nasflow.steps import data_prep_step, search_step
+from nasflow.steps.data_prep import data_prep_step
+from nasflow.steps.search import search_step
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def _worker_pids(tuner_id: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"nasflow.search_worker" in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and b"nasflow.cluster.worker" in (entry / "cmdline").read_bytes():
                 if f"KERASTUNER_TUNER_ID={tuner_id}".encode() in (entry / "environ").read_bytes().split(b"\0"):
                     found.append(int(entry.name))
         except OSError:
@@ -121,10 +122,10 @@ def test_a_worker_whose_chief_is_gone_exits_instead_of_waiting_an_hour(tmp_path,
 
     from mlflow_server import free_port
 
-    from nasflow.distributed import WorkerSpec
-    from nasflow.objectives import ObjectiveConfig
-    from nasflow.search import SearchSettings
-    from nasflow.search_space import load_search_space, resolve_search_space
+    from nasflow.cluster.spec import WorkerSpec
+    from nasflow.search.objectives import ObjectiveConfig
+    from nasflow.search.settings import SearchSettings
+    from nasflow.spaces.schema import load_search_space, resolve_search_space
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = WorkerSpec(
@@ -143,7 +144,7 @@ def test_a_worker_whose_chief_is_gone_exits_instead_of_waiting_an_hour(tmp_path,
                KERASTUNER_ORACLE_PORT=str(port), NASFLOW_ORACLE_TIMEOUT_S="2")  # fmt: skip
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "nasflow.search_worker", "--spec", str(spec.save(tmp_path / "spec.json")), "--role", "worker"],
+        [sys.executable, "-m", "nasflow.cluster.worker", "--spec", str(spec.save(tmp_path / "spec.json")), "--role", "worker"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]

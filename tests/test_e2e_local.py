@@ -14,9 +14,9 @@ import pytest
 from mlflow_server import running_mlflow_server
 
 from nasflow import tracking
-from nasflow.cli import main as cli_main
+from nasflow.cli.local_run import run_pipeline_locally
+from nasflow.cli.main import main as cli_main
 from nasflow.data import load_prepared
-from nasflow.local_run import run_pipeline_locally
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ TINY = {
 
 
 def _params(**overrides):
-    from nasflow.cli import build_parser, pipeline_parameters
+    from nasflow.cli.main import build_parser, pipeline_parameters
 
     args = build_parser().parse_args(["run"])
     params = pipeline_parameters(args)

@@ -2,7 +2,7 @@
 
 Every kustomize overlay is rendered with ``kubectl kustomize``, every rendered object is
 validated against the Kubernetes OpenAPI schemas with ``kubernetes-validate`` (strict), and
-checkov scans the rendered manifests, the worker Job nasflow.workers builds, and both
+checkov scans the rendered manifests, the worker Job nasflow.cluster.job builds, and both
 Dockerfiles (once per session); any failed check not in ``k8s/checkov-allowlist.yaml`` fails.
 Nothing here needs a cluster or a Docker engine.
 """
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import nasflow
-from nasflow import workers
+from nasflow.cluster import job
 from nasflow.config import DEFAULT_EXPERIMENT, DEFAULT_IMAGE_REGISTRY, DEFAULT_MODEL_NAME, image_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +76,9 @@ def _pod_specs(docs: list[dict[str, Any]]):
 
 
 def _sample_worker_job(gpus: int = 1) -> dict[str, Any]:
-    return workers.worker_job_manifest(
+    return job.worker_job_manifest(
         chief_ip="10.0.0.7",
-        oracle_port=workers.ORACLE_PORT,
+        oracle_port=job.ORACLE_PORT,
         num_workers=3,
         image=image_reference(registry=DEFAULT_IMAGE_REGISTRY),
         owner_pod_name="nasflow-pipeline-x7k2-system-container-impl-123",
@@ -180,7 +180,7 @@ def test_config_map_matches_the_package_defaults(rendered):
     data = _find(rendered["local"], "ConfigMap", "nasflow-config")["data"]
     assert data["NASFLOW_EXPERIMENT"] == DEFAULT_EXPERIMENT
     assert data["NASFLOW_MODEL_NAME"] == DEFAULT_MODEL_NAME
-    assert data["KERASTUNER_ORACLE_PORT"] == str(workers.ORACLE_PORT)
+    assert data["KERASTUNER_ORACLE_PORT"] == str(job.ORACLE_PORT)
 
 
 def test_secrets_hold_placeholders_only(rendered):
@@ -200,18 +200,18 @@ def test_network_policies_default_deny_and_the_chief_ports(rendered):
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny and "egress" not in deny
     chief = _find(docs, "NetworkPolicy", "search-chief-oracle")["spec"]
-    assert chief["podSelector"]["matchLabels"] == workers.CHIEF_POD_LABELS
-    assert chief["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == workers.WORKER_POD_LABELS
-    chief_ports = [{"protocol": "TCP", "port": workers.ORACLE_PORT}, {"protocol": "TCP", "port": workers.BOOTSTRAP_PORT}]
+    assert chief["podSelector"]["matchLabels"] == job.CHIEF_POD_LABELS
+    assert chief["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == job.WORKER_POD_LABELS
+    chief_ports = [{"protocol": "TCP", "port": job.ORACLE_PORT}, {"protocol": "TCP", "port": job.BOOTSTRAP_PORT}]
     assert chief["ingress"][0]["ports"] == chief_ports
     worker = _find(docs, "NetworkPolicy", "search-worker-egress")["spec"]
-    assert worker["podSelector"]["matchLabels"] == workers.WORKER_POD_LABELS
+    assert worker["podSelector"]["matchLabels"] == job.WORKER_POD_LABELS
     assert worker["egress"][0]["ports"] == chief_ports
     postgres = _find(docs, "NetworkPolicy", "postgres-ingress-from-mlflow")["spec"]
     assert postgres["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
     # The worker Job's pods carry the labels the policies select.
     labels = _sample_worker_job()["spec"]["template"]["metadata"]["labels"]
-    assert workers.WORKER_POD_LABELS.items() <= labels.items()
+    assert job.WORKER_POD_LABELS.items() <= labels.items()
 
 
 def test_local_overlay_is_small(rendered):
@@ -224,10 +224,10 @@ def test_local_overlay_is_small(rendered):
 
 def test_gpu_overlay_matches_the_worker_scheduling_constants(rendered):
     data = _find(rendered["gpu"], "ConfigMap", "nasflow-config")["data"]
-    assert data["NASFLOW_ACCELERATOR"] == workers.GPU_RESOURCE
-    ((key, value),) = workers.GPU_NODE_SELECTOR.items()
+    assert data["NASFLOW_ACCELERATOR"] == job.GPU_RESOURCE
+    ((key, value),) = job.GPU_NODE_SELECTOR.items()
     assert data["NASFLOW_GPU_NODE_SELECTOR"] == f"{key}={value}"
-    (toleration,) = workers.GPU_TOLERATIONS
+    (toleration,) = job.GPU_TOLERATIONS
     assert data["NASFLOW_GPU_TOLERATION"] == f"{toleration['key']}:{toleration['operator']}:{toleration['effect']}"
 
 

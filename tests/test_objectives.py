@@ -7,7 +7,7 @@ import math
 import pytest
 
 from nasflow.errors import SearchError
-from nasflow.objectives import (
+from nasflow.search.objectives import (
     ObjectiveConfig,
     constraint_violations,
     hypervolume_2d,

@@ -16,8 +16,9 @@ import keras_tuner
 import pytest
 
 from nasflow.errors import SearchError
-from nasflow.oracles import ORACLES, EvolutionOracle, ReinforceOracle
-from nasflow.oracles.base import discrete_values, in_space, mutate_value
+from nasflow.search.strategies.base import discrete_values, in_space, mutate_value
+from nasflow.search.strategies.evolution import EvolutionOracle
+from nasflow.search.strategies.reinforce import ReinforceOracle
 
 OBJECTIVE = keras_tuner.Objective("score", direction="max")
 
@@ -84,7 +85,8 @@ def make_oracle(kind: str, max_trials: int, seed: int, **kwargs):
         return keras_tuner.oracles.RandomSearchOracle(
             objective=OBJECTIVE, max_trials=max_trials, seed=seed, hyperparameters=make_space()
         )
-    return ORACLES[kind](
+    oracle_class = EvolutionOracle if kind == "evolution" else ReinforceOracle
+    return oracle_class(
         objective=OBJECTIVE, max_trials=max_trials, seed=seed, hyperparameters=make_space(), **kwargs
     )
 

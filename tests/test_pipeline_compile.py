@@ -11,10 +11,10 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from nasflow import workers
-from nasflow.cli import DEFAULT_PACKAGE, compile_pipeline
+from nasflow.cli.main import DEFAULT_PACKAGE, compile_pipeline
+from nasflow.cluster import job
 from nasflow.config import image_reference, repo_root
-from nasflow.search import DEFAULT_STRATEGY
+from nasflow.search.settings import DEFAULT_STRATEGY
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_search_task_knows_what_the_chief_needs_in_its_pod(compiled):
     search = executors["exec-search"]
     fields = {env["name"]: env["fieldPath"] for env in search["fieldPathAsEnv"]}
     assert fields == {"NASFLOW_POD_UID": "metadata.uid", "NASFLOW_NAMESPACE": "metadata.namespace", "NASFLOW_POD_IP": "status.podIP"}
-    assert search["podMetadata"]["labels"] == workers.CHIEF_POD_LABELS
+    assert search["podMetadata"]["labels"] == job.CHIEF_POD_LABELS
 
 
 def test_search_task_retries(compiled):

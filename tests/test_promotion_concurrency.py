@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import create_tagged_version, running_mlflow_server
 from postgres import postgres_unavailable_reason, running_postgres
 
-from nasflow import registry
 from nasflow.config import CHAMPION_ALIAS
 from nasflow.errors import TrackingError
+from nasflow.registry import lock, promotion
 
 ROUNDS = 5
 #: Head start of the first process of a round (seconds); 0 means the same instant.
@@ -121,22 +121,22 @@ def test_simultaneous_promotions_leave_the_better_version_champion(pg_server_uri
             process.wait(timeout=30)
 
     tags = client.get_registered_model(name).tags
-    audit = [json.loads(value) for key, value in tags.items() if key.startswith(registry.AUDIT_TAG_PREFIX)]
+    audit = [json.loads(value) for key, value in tags.items() if key.startswith(promotion.AUDIT_TAG_PREFIX)]
     attempts = {
         (record["by"], record["version"]) for record in audit if record["event"] in ("promoted", "refused")
     }
     expected = {(f"{key}-round{r}", versions[key]) for r in range(ROUNDS) for key in versions}
     assert attempts == expected
-    assert not client.search_registered_models(f"name LIKE '%{registry.LOCK_SUFFIX}'")
+    assert not client.search_registered_models(f"name LIKE '%{lock.LOCK_SUFFIX}'")
 
 
 def _hold_lock(client, name: str, expires_in_s: float) -> None:
     client.create_registered_model(
-        f"{name}{registry.LOCK_SUFFIX}",
+        f"{name}{lock.LOCK_SUFFIX}",
         tags={
-            registry.LOCK_TOKEN_TAG: "someone-else",
-            registry.LOCK_OWNER_TAG: "crashed-gate",
-            registry.LOCK_EXPIRES_TAG: f"{time.time() + expires_in_s:.3f}",
+            lock.LOCK_TOKEN_TAG: "someone-else",
+            lock.LOCK_OWNER_TAG: "crashed-gate",
+            lock.LOCK_EXPIRES_TAG: f"{time.time() + expires_in_s:.3f}",
         },
     )
 
@@ -146,15 +146,15 @@ def test_expired_lock_is_broken_and_live_lock_is_waited_for(pg_server_uri, clien
     version = create_tagged_version(client, name, 0.8)
 
     _hold_lock(client, name, expires_in_s=-1.0)
-    decision = registry.promote(name, version, tracking_uri=pg_server_uri)
+    decision = promotion.promote(name, version, tracking_uri=pg_server_uri)
     assert decision.promoted
     with pytest.raises(MlflowException):
-        client.get_registered_model(f"{name}{registry.LOCK_SUFFIX}")
+        client.get_registered_model(f"{name}{lock.LOCK_SUFFIX}")
 
     other = create_tagged_version(client, name, 0.9)
     _hold_lock(client, name, expires_in_s=60.0)
-    monkeypatch.setattr(registry, "LOCK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(lock, "LOCK_TIMEOUT_S", 1.0)
     with pytest.raises(TrackingError, match="held by crashed-gate") as error:
-        registry.promote(name, other, tracking_uri=pg_server_uri)
+        promotion.promote(name, other, tracking_uri=pg_server_uri)
     assert pg_server_uri in str(error.value)
     assert client.get_registered_model(name).aliases[CHAMPION_ALIAS] == version

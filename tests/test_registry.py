@@ -15,18 +15,11 @@ from mlflow_server import create_tagged_version, free_port, running_mlflow_serve
 
 from nasflow.config import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from nasflow.errors import PromotionRefused, TrackingError
-from nasflow.registry import (
-    AUDIT_TAG_PREFIX,
-    LOCK_SUFFIX,
-    PROMOTION_TAG_PREFIX,
-    SERVED_FORMAT_TAG,
-    TEST_METRIC_NAME_TAG,
-    TEST_METRIC_TAG,
-    decide_promotion,
-    promote,
-    register_model,
-)
-from nasflow.serving import to_probabilities
+from nasflow.registry._mlflow import SERVED_FORMAT_TAG, TEST_METRIC_NAME_TAG, TEST_METRIC_TAG
+from nasflow.registry.lock import LOCK_SUFFIX
+from nasflow.registry.promotion import AUDIT_TAG_PREFIX, PROMOTION_TAG_PREFIX, decide_promotion, promote
+from nasflow.registry.registration import register_model
+from nasflow.registry.serving import to_probabilities
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,11 @@ import pytest
 from nasflow import tracking
 from nasflow.data import load_raw_dataset, split_dataset
 from nasflow.errors import SearchError
-from nasflow.search import SearchSettings, choose_best, collect_trials, run_search
-from nasflow.search_space import load_search_space, resolve_search_space
+from nasflow.search.records import collect_trials
+from nasflow.search.selection import choose_best
+from nasflow.search.settings import SearchSettings
+from nasflow.search.tuner import run_search
+from nasflow.spaces.schema import load_search_space, resolve_search_space
 
 
 class FailingCandidates:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from nasflow import tracking
-from nasflow.cli import main as cli_main
-from nasflow.steps import data_prep_step
+from nasflow.cli.main import main as cli_main
+from nasflow.steps.data_prep import data_prep_step
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 DATASETS = yaml.safe_load((CORPUS / "datasets" / "expected.yaml").read_text())

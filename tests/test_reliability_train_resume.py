@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 TRAIN = """
 import json, sys, time
 from nasflow.data import load_raw_dataset, split_dataset
-from nasflow.search_space import load_search_space, resolve_search_space
+from nasflow.spaces import load_search_space, resolve_search_space
 from nasflow.train import train_final_model
 
 out, log, slow = sys.argv[1], sys.argv[2], sys.argv[3] == "slow"

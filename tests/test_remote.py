@@ -1,4 +1,4 @@
-"""nasflow.remote against a real local HTTP server speaking the KFP v2beta1 REST API."""
+"""nasflow.cli.remote against a real local HTTP server speaking the KFP v2beta1 REST API."""
 
 # No `from __future__ import annotations`: kfp reads the component annotations as types.
 
@@ -9,8 +9,7 @@ import yaml
 from fake_kfp_server import FakeKfpServer
 from kfp import compiler, dsl
 
-from nasflow.errors import ClusterError
-from nasflow.remote import (
+from nasflow.cli.remote import (
     ScheduledJob,
     SubmittedRun,
     make_client,
@@ -18,6 +17,7 @@ from nasflow.remote import (
     schedule_pipeline,
     submit_pipeline,
 )
+from nasflow.errors import ClusterError
 
 
 @dsl.component(base_image="python:3.11-slim")
@@ -200,8 +200,8 @@ def test_normalize_cron_rejects(expression, message):
 
 @pytest.mark.parametrize("final_state,succeeds", [("SUCCEEDED", True), ("FAILED", False)])
 def test_submit_wait_follows_the_run_to_its_end(kfp_server, package, capsys, final_state, succeeds):
-    from nasflow.cli import main as cli_main
-    from nasflow.remote import wait_for_run
+    from nasflow.cli.main import main as cli_main
+    from nasflow.cli.remote import wait_for_run
 
     kfp_server.final_run_state = final_state
     run = submit_pipeline(kfp_server.url, package, {"message": "ho", "repeats": 1})

@@ -11,17 +11,13 @@ import pytest
 from nasflow import tracking
 from nasflow.data import load_raw_dataset, split_dataset
 from nasflow.errors import SearchError
-from nasflow.objectives import ObjectiveConfig
-from nasflow.search import (
-    STRATEGIES,
-    SearchSettings,
-    choose_best,
-    collect_trials,
-    make_oracle,
-    run_search,
-    write_trial_table,
-)
-from nasflow.search_space import load_search_space, parse_search_space, resolve_search_space
+from nasflow.search.objectives import ObjectiveConfig
+from nasflow.search.records import collect_trials
+from nasflow.search.selection import choose_best, write_trial_table
+from nasflow.search.settings import SearchSettings
+from nasflow.search.strategies import STRATEGIES, make_oracle
+from nasflow.search.tuner import run_search
+from nasflow.spaces.schema import load_search_space, parse_search_space, resolve_search_space
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nasflow.errors import InvalidArchitectureError, SearchSpaceError
-from nasflow.search_space import (
+from nasflow.spaces.schema import (
     HyperparameterSpec,
     SearchSpace,
     SearchSpaceHyperModel,

@@ -125,7 +125,7 @@ def _counting_parent(tmp_path) -> tuple[tracking.RunHandle, _CountingClient]:
 
 
 def test_a_short_trial_costs_five_requests_and_keeps_every_epoch(tmp_path):
-    from nasflow.search import TrialRecord
+    from nasflow.search.records import TrialRecord
 
     parent, counting = _counting_parent(tmp_path)
     record = TrialRecord.open(parent, "0007", tags={"nasflow.tuner_id": "tuner0"}, params={"filters": 32, "act": "relu"})
@@ -151,7 +151,7 @@ def test_a_short_trial_costs_five_requests_and_keeps_every_epoch(tmp_path):
 
 
 def test_a_long_trial_sends_its_epochs_as_it_goes(tmp_path):
-    from nasflow.search import TrialRecord
+    from nasflow.search.records import TrialRecord
 
     parent, counting = _counting_parent(tmp_path)
     record = TrialRecord.open(parent, "0001", tags={}, params={}, flush_every_s=0.0)
@@ -164,7 +164,7 @@ def test_a_long_trial_sends_its_epochs_as_it_goes(tmp_path):
 
 
 def test_a_second_attempt_closes_the_first_and_says_so(tmp_path):
-    from nasflow.search import TrialRecord
+    from nasflow.search.records import TrialRecord
 
     parent, _ = _counting_parent(tmp_path)
     first = TrialRecord.open(parent, "0003", tags={}, params={})

@@ -1,4 +1,4 @@
-"""nasflow.worker_bootstrap: a worker pod gets the spec and dataset from the chief over HTTP."""
+"""nasflow.cluster.bootstrap: a worker pod gets the spec and dataset from the chief over HTTP."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from mlflow_server import free_port
 
+from nasflow.cluster.bootstrap import BootstrapServer, fetch_worker_spec
+from nasflow.cluster.spec import WorkerSpec
 from nasflow.data import load_prepared
-from nasflow.distributed import WorkerSpec
 from nasflow.errors import SearchError
-from nasflow.steps import data_prep_step
-from nasflow.worker_bootstrap import BootstrapServer, fetch_worker_spec
+from nasflow.steps.data_prep import data_prep_step
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_a_missing_dataset_folder_is_refused_before_serving(tmp_path):
 def test_worker_entry_point_exits_with_one_line_when_the_chief_is_unreachable(tmp_path):
     port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "nasflow.search_worker", "--spec-url", f"http://127.0.0.1:{port}",
+        [sys.executable, "-m", "nasflow.cluster.worker", "--spec-url", f"http://127.0.0.1:{port}",
          "--bootstrap-timeout", "2", "--role", "worker", "--supervise"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)},
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""nasflow.workers: the worker Job manifest, and launch/wait against a local fake Kubernetes API.
+"""nasflow.cluster.job: the worker Job manifest, and launch/wait against a local fake Kubernetes API.
 
 The fake (tests/fake_kube_api.py, scripted mode) is a real HTTP server on 127.0.0.1 answering the
 few batch/v1 and core/v1 endpoints the real ``kubernetes`` client calls; it records every call as
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from fake_kube_api import FakeKubeApi
 
-from nasflow import workers
+from nasflow.cluster import job
 from nasflow.errors import ClusterError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ CHIEF_UID = "3f1c9a52-5b1e-4c1e-9a51-0c2a0d7e9b11"
 def _manifest(**overrides: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         chief_ip="10.1.2.3",
-        oracle_port=workers.ORACLE_PORT,
+        oracle_port=job.ORACLE_PORT,
         num_workers=4,
         image="docker.io/nasflow/nasflow:0.1.0",
         owner_pod_name="nas-pipeline-abc12-system-container-impl-2950135530",
@@ -41,7 +41,7 @@ def _manifest(**overrides: Any) -> dict[str, Any]:
         memory="4Gi",
     )
     kwargs.update(overrides)
-    return workers.worker_job_manifest(**kwargs)
+    return job.worker_job_manifest(**kwargs)
 
 
 # --- the manifest ---------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_manifest_sets_the_keras_tuner_environment():
     names = [e["name"] for e in container["env"]]
     assert names.index("JOB_COMPLETION_INDEX") < names.index("KERASTUNER_TUNER_ID")  # $(VAR) needs order
     assert env["KERASTUNER_ORACLE_IP"]["value"] == "10.1.2.3"
-    assert env["KERASTUNER_ORACLE_PORT"]["value"] == str(workers.ORACLE_PORT)
+    assert env["KERASTUNER_ORACLE_PORT"]["value"] == str(job.ORACLE_PORT)
     assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http://mlflow.")
     assert container["command"] == ["nasflow", "search-worker", "--output-dir", "/tmp/search"]
     assert container["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
@@ -116,7 +116,7 @@ def test_manifest_rejects_bad_arguments(overrides, message):
 
 
 def test_long_pod_names_give_valid_job_names():
-    name = workers.worker_job_name("A" * 80 + "-x")
+    name = job.worker_job_name("A" * 80 + "-x")
     assert len(name) <= 52 and name == name.lower() and not name.startswith("-")
 
 
@@ -134,7 +134,7 @@ def _role_rules() -> set[tuple[str, str, str]]:
 
 
 def _required() -> set[tuple[str, str, str]]:
-    return {(r.api_group, r.resource, verb) for r in workers.REQUIRED_RBAC for verb in r.verbs}
+    return {(r.api_group, r.resource, verb) for r in job.REQUIRED_RBAC for verb in r.verbs}
 
 
 def test_role_grants_exactly_the_required_rules():
@@ -166,26 +166,26 @@ def _with_condition(job: dict[str, Any], kind: str, reason: str = "") -> dict[st
 def test_launch_then_wait_until_complete(kube):
     manifest = _manifest()
     name = manifest["metadata"]["name"]
-    workers.launch_workers(manifest, api_client=kube.api_client())
+    job.launch_workers(manifest, api_client=kube.api_client())
     assert kube.jobs[name]["spec"]["completionMode"] == "Indexed"
     kube.watch_events = [{"type": "MODIFIED", "object": _with_condition(kube.jobs[name], "Complete")}]
 
-    workers.wait_for_workers(name, "nasflow", timeout_s=20, api_client=kube.api_client())
+    job.wait_for_workers(name, "nasflow", timeout_s=20, api_client=kube.api_client())
 
     assert kube.calls == [("batch", "jobs", "create"), ("batch", "jobs", "list"), ("batch", "jobs", "watch")]
 
 
 def test_relaunch_by_the_same_chief_adopts_the_job(kube):
-    workers.launch_workers(_manifest(), api_client=kube.api_client())
-    workers.launch_workers(_manifest(), api_client=kube.api_client())
+    job.launch_workers(_manifest(), api_client=kube.api_client())
+    job.launch_workers(_manifest(), api_client=kube.api_client())
     with pytest.raises(ClusterError, match="belongs to another pod"):
-        workers.launch_workers(_manifest(owner_pod_uid="someone-else"), api_client=kube.api_client())
+        job.launch_workers(_manifest(owner_pod_uid="someone-else"), api_client=kube.api_client())
 
 
 def test_failed_worker_is_reported_with_pod_reason_and_log(kube):
     manifest = _manifest()
     name = manifest["metadata"]["name"]
-    workers.launch_workers(manifest, api_client=kube.api_client())
+    job.launch_workers(manifest, api_client=kube.api_client())
     kube.pods.append({
         "job": name,
         "pod": {
@@ -203,7 +203,7 @@ def test_failed_worker_is_reported_with_pod_reason_and_log(kube):
     kube.watch_events = [{"type": "MODIFIED", "object": _with_condition(kube.jobs[name], "Failed", "BackoffLimitExceeded")}]
 
     with pytest.raises(ClusterError) as info:
-        workers.wait_for_workers(name, "nasflow", timeout_s=20, api_client=kube.api_client())
+        job.wait_for_workers(name, "nasflow", timeout_s=20, api_client=kube.api_client())
 
     message = str(info.value)
     assert f"pod {name}-2-x7k9q OOMKilled (exit code 137)" in message
@@ -215,10 +215,10 @@ def test_failed_worker_is_reported_with_pod_reason_and_log(kube):
 def test_timeout_deletes_the_workers(kube):
     manifest = _manifest()
     name = manifest["metadata"]["name"]
-    workers.launch_workers(manifest, api_client=kube.api_client())
+    job.launch_workers(manifest, api_client=kube.api_client())
 
     with pytest.raises(ClusterError, match="did not finish within 1 s"):
-        workers.wait_for_workers(name, "nasflow", timeout_s=1, api_client=kube.api_client(), watch_chunk_s=1)
+        job.wait_for_workers(name, "nasflow", timeout_s=1, api_client=kube.api_client(), watch_chunk_s=1)
 
     assert name not in kube.jobs
     assert ("batch", "jobs", "delete") in kube.calls
@@ -226,7 +226,7 @@ def test_timeout_deletes_the_workers(kube):
 
 def test_missing_job_is_a_cluster_error(kube):
     with pytest.raises(ClusterError, match="not found"):
-        workers.wait_for_workers("ghost-workers", "nasflow", timeout_s=5, api_client=kube.api_client())
+        job.wait_for_workers("ghost-workers", "nasflow", timeout_s=5, api_client=kube.api_client())
 
 
 def test_the_code_uses_exactly_the_role(kube):
@@ -234,13 +234,13 @@ def test_the_code_uses_exactly_the_role(kube):
     manifest = _manifest()
     name = manifest["metadata"]["name"]
     api = kube.api_client()
-    workers.launch_workers(manifest, api_client=api)
-    workers.launch_workers(manifest, api_client=api)  # adopt: create (409) + get
+    job.launch_workers(manifest, api_client=api)
+    job.launch_workers(manifest, api_client=api)  # adopt: create (409) + get
     kube.pods.append({"job": name, "pod": {"metadata": {"name": "p"}, "status": {"phase": "Failed"}}})
     kube.watch_events = [{"type": "MODIFIED", "object": _with_condition(kube.jobs[name], "Failed")}]
     with pytest.raises(ClusterError):
-        workers.wait_for_workers(name, "nasflow", timeout_s=20, api_client=api)
+        job.wait_for_workers(name, "nasflow", timeout_s=20, api_client=api)
     with pytest.raises(ClusterError):
-        workers.wait_for_workers(name, "nasflow", timeout_s=1, api_client=api, watch_chunk_s=1)
+        job.wait_for_workers(name, "nasflow", timeout_s=1, api_client=api, watch_chunk_s=1)
 
     assert set(kube.calls) == _required() == _role_rules()

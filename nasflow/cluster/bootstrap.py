@@ -4,10 +4,10 @@ On a cluster the chief is a KFP task: its dataset is a KFP input artifact downlo
 chief pod, and its work folder is local to that pod. Worker pods share neither, and asking
 for a ReadWriteMany volume or object-store credentials in every worker would make the fan-out
 depend on what storage a cluster happens to offer. So the chief serves both, read-only, over
-plain HTTP on :data:`nasflow.workers.BOOTSTRAP_PORT` (the NetworkPolicy admits only worker
+plain HTTP on :data:`nasflow.cluster.job.BOOTSTRAP_PORT` (the NetworkPolicy admits only worker
 pods), and a worker fetches them once before it starts pulling trials from the oracle:
 
-* ``GET /spec.json``: the :class:`~nasflow.distributed.WorkerSpec` plus the dataset's SHA-256;
+* ``GET /spec.json``: the :class:`~nasflow.cluster.spec.WorkerSpec` plus the dataset's SHA-256;
 * ``GET /dataset.tar.gz``: the prepared dataset folder.
 
 The worker checks the digest, unpacks with tarfile's ``data`` filter (no absolute paths, no
@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from nasflow.distributed import WorkerSpec
+from nasflow.cluster.spec import WorkerSpec
 from nasflow.errors import SearchError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class BootstrapServer:
     Args:
         spec: The spec the workers run; its ``dataset_dir`` is packed once, here.
         host: Address to bind (``0.0.0.0`` in a pod, ``127.0.0.1`` in tests).
-        port: TCP port (:data:`nasflow.workers.BOOTSTRAP_PORT` on a cluster).
+        port: TCP port (:data:`nasflow.cluster.job.BOOTSTRAP_PORT` on a cluster).
         pack_dir: Where to write the packed dataset.
     """
 

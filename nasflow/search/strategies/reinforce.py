@@ -1,7 +1,7 @@
 """REINFORCE policy-gradient search as a Keras Tuner oracle (Williams, 1992; Zoph & Le, 2017).
 
 The policy is one independent softmax per hyperparameter over a finite set of values
-(:func:`nasflow.oracles.base.discrete_values`: choices, stepped ranges, continuous
+(:func:`nasflow.search.strategies.base.discrete_values`: choices, stepped ranges, continuous
 floats in equal-probability bins, log-spaced for log sampling). A trial samples only the
 hyperparameters active under the values drawn so far, so conditional scopes hold. When a
 trial completes, its score is the reward and every logit it used moves along
@@ -18,7 +18,8 @@ import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
 from nasflow.errors import SearchError
-from nasflow.oracles.base import SeededOracle, discrete_values, hp_key
+from nasflow.search.strategies import OracleSettings
+from nasflow.search.strategies.base import SeededOracle, discrete_values, hp_key
 
 #: Normalized advantages are clipped to this magnitude so one outlier cannot saturate a softmax.
 ADVANTAGE_CLIP = 5.0
@@ -222,3 +223,8 @@ class ReinforceOracle(SeededOracle):
             for trial_id, choices in reinforce.get("choices", {}).items()
         }
         self.updates = int(reinforce.get("updates", 0))
+
+
+def make(settings: OracleSettings) -> ReinforceOracle:
+    """The registry's factory for this strategy."""
+    return ReinforceOracle(max_trials=settings.max_trials, constraint_check=settings.constraint_check, **settings.common())

@@ -269,13 +269,13 @@ def cheap_constraint_check(build_model, space, config) -> Callable[[dict], list[
     Args:
         build_model: The hypermodel's build function (``HyperParameters -> keras.Model``).
         space: The search space (``keras_tuner.HyperParameters``) the values belong to.
-        config: A :class:`nasflow.objectives.ObjectiveConfig`.
+        config: A :class:`nasflow.search.objectives.ObjectiveConfig`.
 
     Returns:
         A function from hyperparameter values to violation messages (empty when acceptable,
         always empty when the config has no cheap limit).
     """
-    from nasflow.objectives import constraint_violations
+    from nasflow.search.objectives import constraint_violations
 
     cheap = config.cheap_constraints()
 

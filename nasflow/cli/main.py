@@ -55,7 +55,7 @@ def _non_negative_float(text: str) -> float:
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """Options that map one-to-one to pipeline parameters (run, submit, schedule)."""
-    from nasflow.search import STRATEGIES
+    from nasflow.search.strategies import STRATEGIES
 
     group = parser.add_argument_group("pipeline parameters")
     group.add_argument(
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nasflow.local_run import format_summary, run_pipeline_locally
+    from nasflow.cli.local_run import format_summary, run_pipeline_locally
 
     params = pipeline_parameters(args)
     if params["run_identity"] and not params["state_dir"]:
@@ -196,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         params["state_dir"] = str((Path(args.output_dir) / "state" / params["run_identity"]).resolve())
     if params["search_space"]:
         # Fail in a second on a bad space file, not after data prep and the search task's retries.
-        from nasflow.search_space import load_search_space, resolve_search_space
+        from nasflow.spaces.schema import load_search_space, resolve_search_space
 
         load_search_space(resolve_search_space(params["search_space"], "image"))
     if not args.quiet:
@@ -247,7 +247,7 @@ def _package(args: argparse.Namespace) -> str:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from nasflow.remote import submit_pipeline
+    from nasflow.cli.remote import submit_pipeline
 
     run = submit_pipeline(
         args.host,
@@ -258,7 +258,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     )
     print(f"run_id: {run.run_id}\nurl: {run.url}", flush=True)
     if args.wait:
-        from nasflow.remote import wait_for_run
+        from nasflow.cli.remote import wait_for_run
 
         state = wait_for_run(
             args.host,
@@ -272,7 +272,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    from nasflow.remote import schedule_pipeline
+    from nasflow.cli.remote import schedule_pipeline
 
     job = schedule_pipeline(
         args.host,
@@ -289,7 +289,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 def _cmd_promote(args: argparse.Namespace) -> int:
     from nasflow import tracking
-    from nasflow.registry import promote
+    from nasflow.registry.promotion import promote
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri or None)
     tracking.check_reachable(uri)
@@ -306,7 +306,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from nasflow.search_space import load_search_space, resolve_search_space, search_space_size
+    from nasflow.spaces.schema import load_search_space, resolve_search_space, search_space_size
 
     # A bundled name (``cnn``) means the same file here as in ``--search-space``.
     space = load_search_space(resolve_search_space(args.file, "image"))

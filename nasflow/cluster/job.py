@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 #: Port the chief serves the Keras Tuner oracle on; the NetworkPolicies in k8s/base open it.
 ORACLE_PORT = 8000
-#: Port the chief serves the worker spec and dataset on (:mod:`nasflow.worker_bootstrap`).
+#: Port the chief serves the worker spec and dataset on (:mod:`nasflow.cluster.bootstrap`).
 BOOTSTRAP_PORT = 8001
 #: Labels of the chief pod (set on the search step with ``kfp.kubernetes.add_pod_label``).
 CHIEF_POD_LABELS: dict[str, str] = {"nasflow.io/role": "search-chief"}

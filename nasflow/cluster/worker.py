@@ -1,13 +1,13 @@
 """Entry point of a chief or worker process of a distributed/recycled search.
 
-    python -m nasflow.search_worker --spec work_dir/worker_spec.json --role worker [--trials-per-process N]
-    python -m nasflow.search_worker --spec-url http://CHIEF:8001 --role worker --supervise   # in a pod
+    python -m nasflow.cluster.worker --spec work_dir/worker_spec.json --role worker [--trials-per-process N]
+    python -m nasflow.cluster.worker --spec-url http://CHIEF:8001 --role worker --supervise   # in a pod
 
 Keras Tuner reads the role from ``KERASTUNER_TUNER_ID`` (``chief`` or ``tuner<k>``).
 A worker that reaches its trial quota exits with :data:`RECYCLE_EXIT_CODE` and its
 supervisor starts a fresh process under the same tuner id. A worker pod shares no files
 with the chief, so it fetches the spec and the dataset from the chief first
-(:mod:`nasflow.worker_bootstrap`), once per pod.
+(:mod:`nasflow.cluster.bootstrap`), once per pod.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nasflow.distributed import RECYCLE_EXIT_CODE, WorkerSpec
+from nasflow.cluster.spec import RECYCLE_EXIT_CODE, WorkerSpec
 from nasflow.errors import NasflowError
 
 
@@ -26,9 +26,10 @@ def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
 
     from nasflow import tracking
     from nasflow.data import load_prepared
-    from nasflow.objectives import ObjectiveConfig
-    from nasflow.search import PROJECT_NAME, SearchSettings, run_search
-    from nasflow.search_space import parse_search_space
+    from nasflow.search.objectives import ObjectiveConfig
+    from nasflow.search.settings import PROJECT_NAME, SearchSettings
+    from nasflow.search.tuner import run_search
+    from nasflow.spaces.schema import parse_search_space
 
     print(f"nasflow-worker-start role={role} tuner={os.environ.get('KERASTUNER_TUNER_ID')}", flush=True)
     data = load_prepared(spec.dataset_dir)
@@ -100,7 +101,7 @@ def _is_deadline(error: BaseException) -> bool:
 
 def _supervise(spec_path: str, role: str, trials_per_process: int) -> int:
     """Keep starting the worker while it exits for recycling (used inside a worker pod)."""
-    child = [sys.executable, "-m", "nasflow.search_worker", "--spec", spec_path, "--role", role]
+    child = [sys.executable, "-m", "nasflow.cluster.worker", "--spec", spec_path, "--role", role]
     if trials_per_process:
         child += ["--trials-per-process", str(trials_per_process)]
     while True:
@@ -114,7 +115,7 @@ def _local_spec_from_chief(url: str, timeout_s: float) -> str:
     import os
     import tempfile
 
-    from nasflow.worker_bootstrap import fetch_worker_spec
+    from nasflow.cluster.bootstrap import fetch_worker_spec
 
     local_dir = Path(tempfile.gettempdir()) / f"nasflow-{os.environ.get('KERASTUNER_TUNER_ID', 'worker')}"
     spec = fetch_worker_spec(url, local_dir, timeout_s=timeout_s)
@@ -125,7 +126,7 @@ def _local_spec_from_chief(url: str, timeout_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one chief or worker process."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="nasflow.search_worker")
+    parser = argparse.ArgumentParser(prog="nasflow.cluster.worker")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", help="worker spec JSON on a shared filesystem")
     source.add_argument("--spec-url", help="the chief's bootstrap address, http://HOST:PORT")

@@ -2,7 +2,7 @@
 
 A trial is described by a *row*: a dict with at least ``trial_id``, ``status``,
 ``val_accuracy``, ``feasible`` and the costs ``params``, ``flops``, ``size_kb`` and
-``latency_ms`` (:meth:`nasflow.costs.CandidateCosts.to_dict` names the latency
+``latency_ms`` (:meth:`nasflow.search.costs.CandidateCosts.to_dict` names the latency
 ``latency_p50_ms``; both names are understood here).
 
 Modes (:class:`ObjectiveConfig`):

@@ -3,7 +3,7 @@
 The format is documented in the README ("Search spaces"). Parsing is strict in the
 way Katib's NAS config is: every key is known, every hyperparameter is typed, every
 condition points backwards at a legal parent value, and the space is checked against
-what its family's builder reads (``nasflow.architectures``). Any input yields either a
+what its family's builder reads (``nasflow.spaces.families``). Any input yields either a
 ``SearchSpace`` or a one-line ``SearchSpaceError`` naming the file and field at fault.
 """
 
@@ -23,8 +23,8 @@ import keras_tuner
 import yaml
 
 from nasflow import config
-from nasflow.architectures import FAMILIES, Family, Need, with_defaults
 from nasflow.errors import InvalidArchitectureError, SearchSpaceError
+from nasflow.spaces.families import FAMILIES, Family, Need, with_defaults
 
 HP_TYPES = ("int", "float", "choice", "boolean", "fixed")
 MODALITIES = ("image", "tabular")
@@ -181,7 +181,7 @@ class SearchSpace:
 
     Attributes:
         name: Name of the space (used in run names and tags).
-        family: Builder family, a key of ``nasflow.architectures.FAMILIES``.
+        family: Builder family, a key of ``nasflow.spaces.families.FAMILIES``.
         modality: ``image`` or ``tabular``.
         hyperparameters: Every hyperparameter, templates expanded, parents first.
         training: Fixed training settings (``batch_size``, ``optimizer``).

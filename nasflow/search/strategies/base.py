@@ -12,16 +12,15 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import keras_tuner
 from keras_tuner.engine import hyperparameters as hp_module
 from keras_tuner.engine import trial as trial_module
 
-logger = logging.getLogger(__name__)
+from nasflow.search.strategies import ConstraintCheck
 
-#: A cheap constraint: hyperparameter values -> violation messages (empty when acceptable).
-ConstraintCheck = Callable[[dict], list[str]]
+logger = logging.getLogger(__name__)
 
 #: Largest step-range enumerated value by value; wider ranges are binned.
 MAX_ENUMERATED_VALUES = 64

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from nasflow import tracking
 from nasflow.errors import NasflowError
-from nasflow.steps import ERROR_FILE_ENV
+from nasflow.steps._common import ERROR_FILE_ENV
 
 _PROGRESS = re.compile(r"Executing task|finished with status|^nasflow:|Running pipeline|Pipeline .* finished")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from keras_tuner.engine import trial as trial_module
 
 from nasflow.errors import SearchError
-from nasflow.oracles.base import (
+from nasflow.search.strategies import OracleSettings
+from nasflow.search.strategies.base import (
     SeededOracle,
     active_hyperparameters,
     can_mutate,
@@ -163,3 +164,8 @@ class EvolutionOracle(SeededOracle):
 
 
 __all__ = ["EvolutionOracle"]
+
+
+def make(settings: OracleSettings) -> EvolutionOracle:
+    """The registry's factory for this strategy."""
+    return EvolutionOracle(max_trials=settings.max_trials, constraint_check=settings.constraint_check, **settings.common())

@@ -1,7 +1,7 @@
 """Model families a search space can name: what each needs, how it is checked and built.
 
 A family is data plus three pure functions: ``needs`` lists the hyperparameters its
-builder reads (``nasflow.search_space`` checks a space against it), ``check`` rejects
+builder reads (``nasflow.spaces`` checks a space against it), ``check`` rejects
 architectures that cannot exist for an input shape before any layer is made, and
 ``build`` makes the Keras functional model. ``describe`` renders one short line for
 logs and the MLflow run name.
@@ -75,7 +75,6 @@ class Family:
     check: Callable[[Values, Sequence[int]], None]
     build: Callable[[Values, Sequence[int], int], keras.Model]
     describe: Callable[[Values], str]
-
 
 
 #: Keras' default BN momentum (0.99) needs hundreds of steps before the moving statistics

@@ -1,0 +1,121 @@
+"""Choosing the trial to train, and the trial table and summary written for it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasflow.errors import SearchError
+from nasflow.search.settings import COMPLETED, FAILED, INFEASIBLE, INVALID
+
+logger = logging.getLogger(__name__)
+
+
+TRIAL_TABLE_COLUMNS = (
+    "trial_id",
+    "status",
+    "feasible",
+    "score",
+    "val_accuracy",
+    "params",
+    "flops",
+    "size_kb",
+    "latency_ms",
+    "epochs",
+    "duration_s",
+    "fit_s",
+    "architecture",
+    "reason",
+    "mlflow_run_id",
+)
+
+
+@dataclass
+class SearchResult:
+    """What the search hands to the training step."""
+
+    best_trial_id: str
+    best_values: dict[str, Any]
+    best_row: dict[str, Any]
+    rows: list[dict[str, Any]]
+    pareto_front: list[int] = field(default_factory=list)
+
+    def best_hyperparameters_json(self, space_source: str) -> dict[str, Any]:
+        """The JSON document written as the search's ``best_hyperparameters`` artifact."""
+        return {
+            "trial_id": self.best_trial_id,
+            "values": self.best_values,
+            "search_space": space_source,
+            "val_accuracy": self.best_row.get("val_accuracy"),
+            "score": self.best_row.get("score"),
+            "architecture": self.best_row.get("architecture"),
+        }
+
+
+def choose_best(rows: list[dict[str, Any]], objective=None) -> SearchResult:
+    """Pick the trial to train, by the objective's selection policy, among feasible completed trials.
+
+    Raises:
+        SearchError: No trial completed within the constraints.
+    """
+    from nasflow.search.objectives import ObjectiveConfig, pareto_front, select_trial
+
+    objective = objective or ObjectiveConfig()
+    completed = [row for row in rows if row["status"] == COMPLETED and row["feasible"]]
+    if not completed:
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        summary = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())) or "no trials ran"
+        reasons = [row["reason"] for row in rows if row["reason"]]
+        hint = f"; last reason: {reasons[-1]}" if reasons else ""
+        raise SearchError(f"no trial completed within the constraints ({summary}){hint}")
+    cost_key = _cost_key(objective)
+    index = select_trial(rows, objective)
+    best = rows[index]
+    values = {key: value for key, value in best["values"].items()}
+    front = pareto_front(rows, cost_key=cost_key)
+    return SearchResult(best["trial_id"], values, best, rows, front)
+
+
+def _cost_key(objective) -> str:
+    return {"latency_ms": "latency_ms", "size_kb": "size_kb", "params": "params", "flops": "flops"}.get(
+        getattr(objective, "cost_metric", "latency_ms"), "latency_ms"
+    )
+
+
+def write_trial_table(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Write the trial table as CSV (hyperparameters as one JSON column)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*TRIAL_TABLE_COLUMNS, "hyperparameters"])
+        for row in rows:
+            writer.writerow([_cell(row.get(column)) for column in TRIAL_TABLE_COLUMNS] + [json.dumps(row["values"])])
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Counts and bests for the KFP Metrics artifact."""
+    completed = [row for row in rows if row["status"] == COMPLETED]
+    accuracies = [row["val_accuracy"] for row in completed if row["val_accuracy"] is not None]
+    return {
+        "trials_total": float(len(rows)),
+        "trials_completed": float(len(completed)),
+        "trials_failed": float(sum(row["status"] in (FAILED, INVALID) for row in rows)),
+        "trials_infeasible": float(sum(row["status"] == INFEASIBLE for row in rows)),
+        "best_val_accuracy": float(max(accuracies)) if accuracies else 0.0,
+        "mean_trial_seconds": float(np.mean([row["duration_s"] for row in rows if row["duration_s"]] or [0.0])),
+    }

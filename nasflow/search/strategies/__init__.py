@@ -1,0 +1,87 @@
+"""Search strategies as Keras Tuner oracles, by name.
+
+Every strategy is a factory ``OracleSettings -> keras_tuner.Oracle`` in a module of its
+own, registered here by one line. Entries are ``"module:function"`` strings, imported
+only when a strategy is made, so listing :data:`STRATEGIES` (the CLI's choices) does not
+import Keras Tuner or TensorFlow. nasflow's own oracles subclass ``keras_tuner.Oracle``
+and only override ``populate_space`` (plus ``end_trial`` for learning strategies),
+keeping their state in what the oracle saves, so ``overwrite=False`` resume and
+chief/worker distributed mode work as for the built-in oracles.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nasflow.errors import SearchError
+
+#: A cheap constraint: hyperparameter values -> violation messages (empty when acceptable).
+ConstraintCheck = Callable[[dict], list[str]]
+
+#: Strategy name -> "module:factory". Adding a strategy is one module and one line here.
+_FACTORIES: dict[str, str] = {
+    "random": "nasflow.search.strategies.builtin:random_search",
+    "bayesian": "nasflow.search.strategies.builtin:bayesian_optimization",
+    "hyperband": "nasflow.search.strategies.builtin:hyperband",
+    "evolution": "nasflow.search.strategies.evolution:make",
+    "reinforce": "nasflow.search.strategies.reinforce:make",
+}
+
+#: Names of every strategy, in the order the CLI lists them.
+STRATEGIES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+@dataclass(frozen=True)
+class OracleSettings:
+    """What every strategy factory is given.
+
+    Attributes:
+        objective: A ``keras_tuner.Objective`` (nasflow maximizes the trial ``score``).
+        hyperparameters: A declared ``keras_tuner.HyperParameters`` for the space.
+        seed: Random seed (never 0: Keras Tuner reads 0 as "pick one").
+        max_trials: Trials to run in total.
+        epochs: Epochs per trial (multi-fidelity strategies: the most a trial gets).
+        max_consecutive_failed_trials: Stop after this many failures in a row.
+        constraint_check: Values -> violated cheap constraints, for oracles that resample.
+    """
+
+    objective: Any
+    hyperparameters: Any
+    seed: int
+    max_trials: int
+    epochs: int
+    max_consecutive_failed_trials: int = 5
+    constraint_check: ConstraintCheck | None = None
+
+    def common(self) -> dict[str, Any]:
+        """The keyword arguments every ``keras_tuner.Oracle`` takes."""
+        return dict(
+            objective=self.objective,
+            hyperparameters=self.hyperparameters,
+            seed=self.seed,
+            max_consecutive_failed_trials=self.max_consecutive_failed_trials,
+        )
+
+
+def check_strategy(name: str) -> str:
+    """Return ``name`` if it is a registered strategy.
+
+    Raises:
+        SearchError: It is not.
+    """
+    if name not in _FACTORIES:
+        raise SearchError(f"strategy {name!r} is unknown (expected one of {', '.join(STRATEGIES)})")
+    return name
+
+
+def make_oracle(strategy: str, settings: OracleSettings):
+    """The Keras Tuner oracle of a registered strategy."""
+    module_name, _, factory_name = _FACTORIES[check_strategy(strategy)].partition(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    return factory(settings)
+
+
+__all__ = ["STRATEGIES", "ConstraintCheck", "OracleSettings", "check_strategy", "make_oracle"]

@@ -1,0 +1,203 @@
+"""One trial's work: build, train, measure and score a candidate."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nasflow import tracking
+from nasflow.errors import InvalidArchitectureError
+from nasflow.search.records import TrialRecord
+from nasflow.search.settings import COMPLETED, FAILED, INFEASIBLE, INVALID, OBJECTIVE_NAME, SearchSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialContext:
+    """What every trial needs: data, space, objective, tracking."""
+
+    space: Any
+    data: Any
+    settings: SearchSettings
+    objective: Any
+    parent: tracking.RunHandle | None
+    deadline: float | None = None
+    #: trial id -> MLflow run id of an attempt a crash interrupted (set on resume).
+    interrupted_runs: dict[str, str] = field(default_factory=dict)
+    trials_this_process: int = 0
+
+    @property
+    def input_shape(self) -> list[int]:
+        """Shape of one input sample."""
+        return list(self.data.metadata.input_shape)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the dataset."""
+        return int(self.data.metadata.num_classes)
+
+    def batch_size(self) -> int:
+        """Training batch size: the settings' override, else the space's."""
+        return int(self.settings.batch_size or self.space.batch_size())
+
+    def _scoring_objective(self):
+        # In pareto mode the oracle maximizes acc * cost^w; any fixed target T only
+        # rescales that, so a constant keeps scores of different trials comparable.
+        if self.objective.mode == "pareto" and self.objective.cost_target is None:
+            return self.objective.replace(cost_target=1.0)
+        return self.objective
+
+    def run_trial(self, tuner, trial, epoch_logger_cls) -> dict[str, float]:
+        """Build, train, measure and score one candidate; record it as a nested MLflow run."""
+        import keras
+        import keras_tuner
+
+        from nasflow.search.costs import count_flops, count_params, measure_candidate_costs
+        from nasflow.search.objectives import constraint_violations, objective_score
+        from nasflow.spaces.schema import describe_architecture
+
+        hp = trial.hyperparameters
+        values = dict(hp.values)
+        started = time.monotonic()
+        architecture = _safe_describe(describe_architecture, self.space, values)
+        record = None
+        if self.parent is not None:
+            record = TrialRecord.open(
+                self.parent,
+                trial.trial_id,
+                tags={
+                    "nasflow.strategy": self.settings.strategy,
+                    "nasflow.tuner_id": getattr(tuner, "tuner_id", "tuner0"),
+                    "nasflow.architecture": architecture,
+                },
+                params=values,
+                interrupted_runs=self.interrupted_runs,
+            )
+
+        def finish(status: str, metrics: Mapping[str, float], reason: str = "", feasible: bool | None = None):
+            if record is not None:
+                record.finish(status, metrics, duration_s=time.monotonic() - started, reason=reason, feasible=feasible)
+
+        epochs = int(values.get("tuner/epochs", self.settings.epochs))
+        initial_epoch = int(values.get("tuner/initial_epoch", 0))
+        try:
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(self.settings.seed + _trial_number(trial.trial_id))
+            try:
+                model = self.space.build_model(hp, self.input_shape, self.num_classes)
+            except InvalidArchitectureError as error:
+                finish(INVALID, {}, reason=f"InvalidArchitectureError: {error}")
+                # Re-raised as is, Keras Tuner records the trial INVALID: a sampled
+                # architecture that does not fit the input is not a failure of the search.
+                raise
+            params, flops = count_params(model), count_flops(model)
+            cheap = constraint_violations({"params": params, "flops": flops}, self.objective.cheap_constraints())
+            if cheap:
+                # Over a cheap constraint: never worth training, never selectable.
+                reason = "; ".join(cheap)
+                finish(INFEASIBLE, {"params": params, "flops": flops, OBJECTIVE_NAME: -1.0}, reason, feasible=False)
+                return {OBJECTIVE_NAME: -1.0}
+            if "tuner/trial_id" in values:
+                # Hyperband continues a trial of a lower rung from its weights. Worker pods
+                # keep checkpoints on their own disk, so a rung trained by another worker is
+                # trained again from scratch: slower, never wrong.
+                checkpoint = tuner._get_checkpoint_fname(values["tuner/trial_id"])
+                if os.path.exists(checkpoint):
+                    model.load_weights(checkpoint)
+                else:
+                    initial_epoch = 0
+                    if record is not None:
+                        record.tag({"nasflow.warm_start": "missing-checkpoint"})
+            callbacks = [keras.callbacks.TerminateOnNaN()]
+            if record is not None:
+                callbacks.append(epoch_logger_cls(record))
+            fit_started = time.monotonic()
+            history = model.fit(
+                self.data.x_train,
+                self.data.y_train,
+                validation_data=(self.data.x_val, self.data.y_val),
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                batch_size=self.batch_size(),
+                callbacks=callbacks,
+                verbose=0,
+            )
+            fit_seconds = time.monotonic() - fit_started
+            losses = history.history.get("loss", [])
+            if not losses or any(not math.isfinite(loss) for loss in losses):
+                raise keras_tuner.errors.FailedTrialError(f"loss became NaN/inf at epoch {initial_epoch + len(losses)}")
+            val_accuracy = float(history.history["val_accuracy"][-1])
+            os.makedirs(os.path.dirname(tuner._get_checkpoint_fname(trial.trial_id)), exist_ok=True)
+            model.save_weights(tuner._get_checkpoint_fname(trial.trial_id))
+            costs = measure_candidate_costs(
+                model, self.data.x_val[:1], measure_latency=self.settings.measure_latency
+            ).to_dict()
+            cost_row = _cost_row(costs)
+            violations = constraint_violations(cost_row, self.objective)
+            # Infeasible trials score below zero: the oracle learns to avoid the region.
+            score = float(objective_score(val_accuracy, cost_row, self._scoring_objective()))
+            feasible = not violations
+            metrics = {
+                "final_val_accuracy": val_accuracy,
+                "best_val_accuracy": float(max(history.history["val_accuracy"])),
+                "final_val_loss": float(history.history["val_loss"][-1]),
+                OBJECTIVE_NAME: score,
+                "params": float(costs["params"]),
+                "flops": float(costs["flops"]),
+                "size_bytes": float(costs["size_bytes"]),
+                "latency_p50_ms": float(costs["latency_p50_ms"]),
+                "latency_p95_ms": float(costs["latency_p95_ms"]),
+                "fit_seconds": fit_seconds,
+                "epochs_trained": float(epochs - initial_epoch),
+            }
+            if record is not None:
+                record.tag({"nasflow.latency_runtime": costs.get("latency_runtime", "")})
+            finish(
+                COMPLETED if feasible else INFEASIBLE,
+                metrics,
+                reason="; ".join(violations),
+                feasible=feasible,
+            )
+            del model
+            return {OBJECTIVE_NAME: score, "val_accuracy": val_accuracy}
+        except InvalidArchitectureError:
+            raise
+        except keras_tuner.errors.FailedTrialError as error:
+            if record is not None and not record.closed:
+                finish(FAILED, {}, reason=f"FailedTrialError: {error}")
+            raise
+        except Exception as error:
+            # Any other failure of one candidate (OOM, a layer that refuses the
+            # shape, ...) fails that trial only; the search goes on.
+            if record is not None and not record.closed:
+                finish(FAILED, {}, reason=f"{type(error).__name__}: {error}")
+            raise keras_tuner.errors.FailedTrialError(f"{type(error).__name__}: {error}") from error
+
+
+def _safe_describe(describe, space, values) -> str:
+    try:
+        return describe(space, values)
+    except Exception as error:  # a description must never fail a trial
+        logger.debug("cannot describe architecture: %s", error)
+        return ""
+
+
+def _trial_number(trial_id: str) -> int:
+    digits = "".join(ch for ch in str(trial_id) if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def _cost_row(costs: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        "params": costs["params"],
+        "flops": costs["flops"],
+        "size_kb": costs["size_bytes"] / 1024.0,
+        "size_bytes": costs["size_bytes"],
+        "latency_ms": costs["latency_p50_ms"],
+    }

@@ -1,0 +1,214 @@
+"""The architecture search: a Keras Tuner run in which every trial is a nested MLflow run.
+
+Keras Tuner owns the loop, the oracle state, resume (``overwrite=False``) and the
+distributed chief/worker protocol; the tuner built here only overrides ``run_trial``
+(see :mod:`nasflow.search.trial`). The trial table is read back from MLflow rather than
+from the oracle because on a worker the oracle is a gRPC client without ``trials``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from nasflow import tracking
+from nasflow.errors import SearchError
+from nasflow.search.records import TrialRecord, close_as_killed, trial_runs
+from nasflow.search.settings import OBJECTIVE_NAME, PROJECT_NAME, SearchSettings
+from nasflow.search.strategies import OracleSettings, make_oracle
+from nasflow.search.trial import TrialContext
+
+logger = logging.getLogger(__name__)
+
+
+class _BudgetExhausted(Exception):
+    """Raised between trials when ``max_search_minutes`` has passed."""
+
+
+class _QuotaReached(Exception):
+    """Raised between trials when this process has run its share of trials."""
+
+
+def _make_tuner_class():
+    import keras
+    import keras_tuner
+
+    class EpochLogger(keras.callbacks.Callback):
+        """Hands every epoch's metrics to the trial's :class:`TrialRecord`."""
+
+        def __init__(self, record: TrialRecord):
+            super().__init__()
+            self.record = record
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.record.add_epoch(epoch, logs or {})
+
+    class NasTuner(keras_tuner.Tuner):
+        """A Keras Tuner whose trials are scored by accuracy and cost and tracked in MLflow."""
+
+        def __init__(self, *, nas_context: TrialContext, **kwargs):
+            self.nas = nas_context
+            super().__init__(**kwargs)
+
+        nas_trials_run = 0
+        nas_quota_reached = False
+
+        def _populate_initial_space(self):
+            # The space declares every hyperparameter and condition itself, so Keras
+            # Tuner need not build models to discover them (slow, and a default
+            # architecture may not even fit the input).
+            hp = self.oracle.get_space()
+            self.nas.space.declare(hp)
+            self.oracle.update_space(hp)
+
+        def pre_create_trial(self):
+            if self.nas.deadline is not None and time.monotonic() > self.nas.deadline:
+                raise _BudgetExhausted()
+            if self.nas.trials_this_process and self.nas_trials_run >= self.nas.trials_this_process:
+                self.nas_quota_reached = True
+                raise _QuotaReached()
+
+        def on_trial_end(self, trial):
+            self.nas_trials_run += 1
+            super().on_trial_end(trial)
+
+        def run_trial(self, trial, *args, **kwargs):
+            return self.nas.run_trial(self, trial, EpochLogger)
+
+        def load_model(self, trial):
+            model = self._try_build(trial.hyperparameters)
+            model.load_weights(self._get_checkpoint_fname(trial.trial_id))
+            return model
+
+    return NasTuner
+
+
+def run_search(
+    data,
+    space,
+    settings: SearchSettings,
+    objective=None,
+    *,
+    parent: tracking.RunHandle | None,
+    work_dir: str | Path,
+    overwrite: bool = True,
+    project_name: str = PROJECT_NAME,
+    in_process: bool = True,
+    trials_this_process: int = 0,
+):
+    """Run the search and return the chosen trial.
+
+    Args:
+        data: A ``DatasetSplits`` (train/val used; test never touched here).
+        space: A validated ``SearchSpace``.
+        settings: Strategy and budget.
+        objective: An ``ObjectiveConfig``; accuracy-only when ``None``.
+        parent: The pipeline's parent MLflow run; trials are nested under it.
+        work_dir: Where Keras Tuner keeps its oracle state and trial checkpoints.
+        overwrite: Start afresh (``True``) or resume what ``work_dir`` holds.
+        project_name: Keras Tuner project folder name inside ``work_dir``.
+        in_process: Always true here; worker processes are started by ``nasflow.cluster``.
+        trials_this_process: Stop after this many trials (a recycled worker); 0: no limit.
+
+    Returns:
+        The tuner (already searched). Call :func:`collect_trials` and
+        :func:`choose_best` for the table and the choice.
+
+    Raises:
+        SearchError: Bad settings, or no trial completed.
+    """
+    import keras_tuner
+
+    from nasflow.search.costs import cheap_constraint_check
+    from nasflow.search.objectives import ObjectiveConfig
+
+    settings.validate()
+    objective = objective or ObjectiveConfig()
+    hyperparameters = keras_tuner.HyperParameters()
+    space.declare(hyperparameters)
+    deadline = time.monotonic() + settings.max_search_minutes * 60 if settings.max_search_minutes else None
+    context = TrialContext(space, data, settings, objective, parent, deadline, trials_this_process=trials_this_process)
+    oracle = make_oracle(
+        settings.strategy,
+        OracleSettings(
+            objective=keras_tuner.Objective(OBJECTIVE_NAME, direction="max"),
+            hyperparameters=hyperparameters,
+            # Keras Tuner treats seed=0 as "pick a random seed"; keep runs reproducible.
+            seed=settings.seed if settings.seed != 0 else 1_000_003,
+            max_trials=settings.max_trials,
+            epochs=settings.epochs,
+            max_consecutive_failed_trials=settings.max_consecutive_failed_trials,
+            constraint_check=cheap_constraint_check(
+                lambda hp: space.build_model(hp, context.input_shape, context.num_classes), hyperparameters, objective
+            ),
+        ),
+    )
+    tuner_class = _make_tuner_class()
+    tuner = tuner_class(
+        nas_context=context,
+        oracle=oracle,
+        hypermodel=_SpaceHyperModel(space, context.input_shape, context.num_classes),
+        directory=str(work_dir),
+        project_name=project_name,
+        overwrite=overwrite,
+    )
+    if parent is not None and not overwrite and not _is_distributed_worker():
+        # Only the process that owns the oracle knows which trials have ended.
+        context.interrupted_runs = reconcile_trial_runs(parent, tuner.oracle)
+    try:
+        tuner.search()
+    except _BudgetExhausted:
+        logger.info("search stopped: the wall-clock budget of %.1f min is used up", settings.max_search_minutes)
+    except _QuotaReached:
+        logger.info("this process ran its %d trials; a fresh one takes over", trials_this_process)
+    except RuntimeError as error:
+        if "consecutive failures" not in str(error):
+            raise
+        first_line = str(error).splitlines()[0]
+        reason = _last_failure_reason(str(error))
+        raise SearchError(f"search stopped: {first_line.rstrip('.')}; last failure: {reason}") from error
+    return tuner
+
+
+def _is_distributed_worker() -> bool:
+    """Whether Keras Tuner runs this process as a worker of a chief oracle (env-configured)."""
+    return bool(os.environ.get("KERASTUNER_ORACLE_IP")) and os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
+
+
+def _last_failure_reason(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1][:300] if len(lines) > 1 else "unknown"
+
+
+def reconcile_trial_runs(parent: tracking.RunHandle, oracle) -> dict[str, str]:
+    """Make MLflow agree with a reloaded oracle before a resumed search goes on.
+
+    A run left RUNNING by a crash is closed as KILLED; a finished run of a trial the
+    oracle does not count as ended (killed after logging, before the oracle saved) is
+    closed as KILLED too, so that every trial has exactly one finished run.
+
+    Returns:
+        trial id -> id of the interrupted run, to link the re-run to it.
+    """
+    ended = {
+        trial_id
+        for trial_id, trial in getattr(oracle, "trials", {}).items()
+        if str(trial.status) in ("COMPLETED", "FAILED", "INVALID")
+    }
+    interrupted: dict[str, str] = {}
+    for run in trial_runs(parent):
+        trial_id = run.data.tags.get("nasflow.trial_id", "")
+        if run.info.status == "KILLED":
+            continue
+        if run.info.status == "RUNNING" or trial_id not in ended:
+            close_as_killed(parent, run.info.run_id, "the search process stopped during this trial")
+            interrupted[trial_id] = run.info.run_id
+    return interrupted
+
+
+def _SpaceHyperModel(space, input_shape, num_classes):  # noqa: N802 - a factory standing in for a class
+    from nasflow.spaces.schema import SearchSpaceHyperModel
+
+    return SearchSpaceHyperModel(space, input_shape, num_classes)

@@ -1,0 +1,88 @@
+"""The compress step: produce, measure and select compressed variants."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nasflow import tracking
+from nasflow.steps._common import user_errors
+
+logger = logging.getLogger(__name__)
+
+
+@user_errors("compress")
+def compress_step(
+    dataset_dir: str,
+    model_dir: str,
+    *,
+    parent_run_id: str,
+    tracking_uri: str,
+    variants: Sequence[str],
+    max_accuracy_drop: float,
+    prefer: str,
+    output_dir: str,
+    seed: int = 42,
+    fine_tune_epochs: int = 2,
+) -> dict[str, Any]:
+    """Produce, measure and select compressed variants; one MLflow child run each.
+
+    Returns:
+        ``{"selected": name, "reason": str, "markdown": table, "metrics": {...}}``.
+    """
+    import keras
+
+    from nasflow.compression import compress_model
+    from nasflow.compression.pipeline import REPORT_FILES
+    from nasflow.data import load_prepared
+
+    data = load_prepared(dataset_dir)
+    model = keras.saving.load_model(Path(model_dir) / "model.keras", safe_mode=True)
+    parent = tracking.open_parent(tracking_uri, parent_run_id)
+    report = compress_model(
+        model,
+        data,
+        output_dir,
+        variants=list(variants),
+        max_accuracy_drop=max_accuracy_drop,
+        prefer=prefer,
+        fine_tune_epochs=fine_tune_epochs,
+        seed=seed,
+    )
+    for variant in [report.baseline, *report.variants]:
+        with tracking.child_run(
+            parent, f"compress-{variant.name}", tags={tracking.ROLE_TAG: "compression", "nasflow.variant": variant.name}
+        ) as run:
+            run.log_params({"variant": variant.name, "technique": variant.technique})
+            run.log_metrics(
+                {
+                    "test_accuracy": variant.accuracy,
+                    "size_bytes": variant.size_bytes,
+                    "gzip_bytes": variant.gzip_bytes,
+                    "latency_p50_ms": variant.latency_p50_ms,
+                    "latency_p95_ms": variant.latency_p95_ms,
+                    "params": variant.params,
+                    "sparsity": variant.sparsity,
+                }
+            )
+            run.set_tags({"nasflow.selected": str(variant.name == report.selected).lower()})
+            run.log_artifact(variant.path, "model")
+    for name, reason in report.skipped.items():
+        with tracking.child_run(
+            parent, f"compress-{name}", tags={tracking.ROLE_TAG: "compression", "nasflow.variant": name}
+        ) as run:
+            run.set_tags({"nasflow.variant_status": "SKIPPED", "nasflow.skip_reason": reason[:5000]})
+    for file_name in REPORT_FILES:
+        parent.log_artifact(Path(output_dir) / file_name, "compression")
+    parent.set_tags({"nasflow.compression.selected": report.selected, "nasflow.compression.reason": report.reason})
+    selected = next((v for v in [report.baseline, *report.variants] if v.name == report.selected), report.baseline)
+    metrics = {
+        "baseline_accuracy": report.baseline.accuracy,
+        "baseline_size_bytes": float(report.baseline.size_bytes),
+        "selected_accuracy": selected.accuracy,
+        "selected_size_bytes": float(selected.size_bytes),
+        "selected_latency_p50_ms": selected.latency_p50_ms,
+    }
+    return {"selected": report.selected, "reason": report.reason, "markdown": report.to_markdown(), "metrics": metrics}

@@ -1,0 +1,192 @@
+"""The search step: run the architecture search, write the choice, the trial table and a report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nasflow import tracking
+from nasflow.errors import SearchError
+from nasflow.steps._common import log_named, user_errors
+
+logger = logging.getLogger(__name__)
+
+
+@user_errors("search")
+def search_step(
+    dataset_dir: str,
+    *,
+    parent_run_id: str,
+    tracking_uri: str,
+    search_space: str,
+    strategy: str,
+    max_trials: int,
+    epochs: int,
+    seed: int,
+    best_hyperparameters_path: str,
+    trial_table_path: str,
+    report_path: str,
+    objective: Mapping[str, Any] | None = None,
+    max_search_minutes: float = 0.0,
+    state_dir: str = "",
+    num_workers: int = 0,
+    trials_per_process: int = 0,
+) -> dict[str, float]:
+    """Run the architecture search and write the best hyperparameters, trial table and report.
+
+    Returns:
+        Scalar metrics for the KFP ``Metrics`` artifact.
+    """
+    from nasflow.data import load_prepared
+    from nasflow.search.objectives import ObjectiveConfig
+    from nasflow.search.records import collect_trials
+    from nasflow.search.selection import choose_best, summarize_rows, write_trial_table
+    from nasflow.search.settings import PROJECT_NAME, SearchSettings
+    from nasflow.search.tuner import run_search
+    from nasflow.spaces.schema import load_search_space, resolve_search_space
+
+    data = load_prepared(dataset_dir)
+    space_path = resolve_search_space(search_space or None, data.metadata.modality)
+    space = load_search_space(space_path)
+    if space.modality != data.metadata.modality:
+        raise SearchError(
+            f"search space {space_path} is for {space.modality} data but dataset {data.metadata.name} is {data.metadata.modality}"
+        )
+    objective_config = _objective_config(objective or {}, ObjectiveConfig)
+    settings = SearchSettings(
+        strategy=strategy,
+        max_trials=max_trials,
+        epochs=epochs,
+        seed=seed,
+        max_search_minutes=max_search_minutes,
+        num_workers=num_workers,
+        trials_per_process=trials_per_process,
+    )
+    settings.validate()
+    parent = tracking.open_parent(tracking_uri, parent_run_id)
+    parent.log_params(
+        {
+            "search.strategy": strategy,
+            "search.max_trials": max_trials,
+            "search.epochs": epochs,
+            "search.space": space.name,
+            "search.objective": objective_config.mode,
+            "dataset": data.metadata.name,
+        }
+    )
+    parent.log_artifact(space_path, "search_space")
+    # A persistent state folder (PVC/bucket on a cluster) lets a retried task resume.
+    work_dir = Path(state_dir) if state_dir else Path(best_hyperparameters_path).parent / "tuner"
+    resume = bool(state_dir) and (work_dir / PROJECT_NAME / "oracle.json").exists()
+    if settings.uses_worker_processes:
+        _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume)
+    else:
+        run_search(data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume)
+
+    rows = collect_trials(parent)
+    Path(trial_table_path).parent.mkdir(parents=True, exist_ok=True)
+    write_trial_table(rows, trial_table_path)
+    log_named(parent, trial_table_path, "trials.csv", "search")
+    result = choose_best(rows, objective_config)
+    document = result.best_hyperparameters_json(str(space_path))
+    document["search_space_config"] = space.to_dict()
+    document["objective"] = objective_config.__dict__
+    Path(best_hyperparameters_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(best_hyperparameters_path).write_text(json.dumps(document, indent=2, default=str))
+    log_named(parent, best_hyperparameters_path, "best_hyperparameters.json", "search")
+    parent.set_tags({"nasflow.best_trial_id": result.best_trial_id, "nasflow.best_architecture": result.best_row["architecture"]})
+    tracking.set_tags(parent.client, result.best_row["mlflow_run_id"], {"nasflow.best_trial": "true"})
+
+    pareto_dir = Path(trial_table_path).parent / "pareto"
+    report = _search_report(rows, result, objective_config, pareto_dir)
+    Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_path).write_text(report)
+    for produced in sorted(pareto_dir.glob("pareto.*")):
+        parent.log_artifact(produced, "search")
+    metrics = summarize_rows(rows)
+    metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
+    parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
+    return metrics
+
+
+def _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume) -> None:
+    """Chief + worker processes: local processes, or an indexed Job when running in a pod."""
+    from dataclasses import asdict
+
+    from nasflow import cluster
+
+    spec = cluster.WorkerSpec(
+        dataset_dir=str(Path(dataset_dir).resolve()),
+        space_config=space.to_dict(),
+        space_source=str(space_path),
+        settings=asdict(settings),
+        objective=asdict(objective_config),
+        parent_run_id=parent.run_id,
+        tracking_uri=parent.client.tracking_uri,
+        work_dir=str(Path(work_dir).resolve()),
+        overwrite=not resume,
+    )
+    if cluster.in_kubernetes() and settings.num_workers > 0:
+        cluster.run_search_on_cluster(
+            spec, num_workers=settings.num_workers, trials_per_process=settings.trials_per_process
+        )
+        return
+    with cluster.tracking_for_workers(spec.tracking_uri, settings.num_workers) as worker_uri:
+        spec.tracking_uri = worker_uri
+        cluster.run_search_processes(
+            spec, num_workers=settings.num_workers, trials_per_process=settings.trials_per_process
+        )
+
+
+def _objective_config(values: Mapping[str, Any], config_cls):
+    known = {name for name in config_cls.__dataclass_fields__}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SearchError(f"unknown objective setting(s): {', '.join(unknown)}")
+    # Pipeline parameters use 0 for "no constraint" because KFP has no optional numbers.
+    cleaned = {key: (None if key.startswith("max_") and not value else value) for key, value in values.items()}
+    if cleaned.get("cost_target") == 0:
+        cleaned["cost_target"] = None
+    return config_cls(**cleaned)
+
+
+def _search_report(rows, result, objective_config, folder: Path) -> str:
+    """Markdown for the KFP UI: chosen trial, trial table, Pareto front."""
+    from nasflow.search.objectives import pareto_markdown, plot_pareto
+    from nasflow.search.selection import _cost_key
+
+    cost_key = _cost_key(objective_config)
+    chosen = rows.index(result.best_row)
+    lines = [
+        "# Architecture search",
+        "",
+        f"Chosen trial **{result.best_trial_id}**: `{result.best_row['architecture']}` "
+        f"(val accuracy {result.best_row['val_accuracy']:.4f}).",
+        "",
+        pareto_markdown(rows, result.pareto_front, chosen, cost_key),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    front_ids = set(result.pareto_front)
+    with (folder / "pareto.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial_id", "status", "feasible", "val_accuracy", cost_key, "on_front", "chosen"])
+        for index, row in enumerate(rows):
+            writer.writerow(
+                [row["trial_id"], row["status"], row["feasible"], row["val_accuracy"], row.get(cost_key),
+                 index in front_ids, index == chosen]
+            )
+    try:
+        plot_pareto(rows, result.pareto_front, chosen, folder / "pareto.png", cost_key=cost_key)
+    except Exception as error:  # a plot is a nicety; the search result stands without it
+        logger.warning("could not draw the Pareto plot: %s", error)
+    else:
+        import base64
+
+        # Inline, so the KFP UI shows the plot without access to the MLflow store.
+        encoded = base64.b64encode((folder / "pareto.png").read_bytes()).decode("ascii")
+        lines += ["", f"![Pareto front: accuracy against {cost_key}](data:image/png;base64,{encoded})"]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The train step: train the chosen architecture on train+val and evaluate it on test."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from nasflow import tracking
+from nasflow.steps._common import read_json, user_errors
+
+logger = logging.getLogger(__name__)
+
+
+@user_errors("train")
+def train_step(
+    dataset_dir: str,
+    best_hyperparameters_path: str,
+    *,
+    parent_run_id: str,
+    tracking_uri: str,
+    epochs: int,
+    seed: int,
+    model_dir: str,
+    use_gpu: bool = False,
+) -> dict[str, Any]:
+    """Train the chosen architecture on train+val and evaluate it on test.
+
+    Returns:
+        ``{"metrics": {...}, "confusion_matrix": [[...]], "class_names": [...]}``.
+    """
+    from nasflow.data import load_prepared
+    from nasflow.spaces.schema import parse_search_space
+    from nasflow.train import train_final_model
+
+    data = load_prepared(dataset_dir)
+    best = read_json(best_hyperparameters_path, "best hyperparameters")
+    space = parse_search_space(best["search_space_config"], source=best.get("search_space", "<best hyperparameters>"))
+    parent = tracking.open_parent(tracking_uri, parent_run_id)
+    with tracking.child_run(parent, "train", tags={tracking.ROLE_TAG: "train"}) as run:
+        run.log_params({**best["values"], "train.epochs": epochs, "train.seed": seed})
+
+        def log_epoch(epoch, logs):
+            run.log_metrics({key: float(value) for key, value in (logs or {}).items()}, step=epoch)
+
+        result = train_final_model(
+            data, space, best["values"], epochs=epochs, output_dir=model_dir, seed=seed, use_gpu=use_gpu,
+            epoch_callback=log_epoch,
+        )
+        metrics = {
+            "test_accuracy": result.test_accuracy,
+            "test_loss": result.test_loss,
+            "epochs_run": float(result.epochs_run),
+            "params": float(result.params),
+        }
+        run.log_metrics(metrics)
+        run.set_tags({"nasflow.device": result.device, "nasflow.mixed_precision": str(result.mixed_precision).lower()})
+        run.log_artifact(result.model_path, "model")
+    parent.log_metrics({"test_accuracy": result.test_accuracy})
+    info = {"architecture": best.get("architecture", ""), "trial_id": best.get("trial_id"), "train_run_id": run.run_id}
+    Path(model_dir, "training.json").write_text(json.dumps({**info, "metrics": metrics}, indent=2))
+    return {"metrics": metrics, "confusion_matrix": result.confusion_matrix, "class_names": result.class_names}
