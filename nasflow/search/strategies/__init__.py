@@ -46,6 +46,10 @@ class OracleSettings:
         epochs: Epochs per trial (multi-fidelity strategies: the most a trial gets).
         max_consecutive_failed_trials: Stop after this many failures in a row.
         constraint_check: Values -> violated cheap constraints, for oracles that resample.
+        prior_observations: Trials of earlier runs on the same data and space (warm
+            start), as ``(hyperparameter values, score)`` pairs, best first; a strategy
+            learns from them as if it had run them (they are not trials of this search
+            and do not count toward ``max_trials``).
     """
 
     objective: Any
@@ -55,6 +59,7 @@ class OracleSettings:
     epochs: int
     max_consecutive_failed_trials: int = 5
     constraint_check: ConstraintCheck | None = None
+    prior_observations: tuple[tuple[dict, float], ...] = ()
 
     def common(self) -> dict[str, Any]:
         """The keyword arguments every ``keras_tuner.Oracle`` takes."""
