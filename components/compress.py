@@ -14,11 +14,11 @@ def compress(
     compressed: Output[Model],
     compression_metrics: Output[Metrics],
     compression_report: Output[Markdown],
-    tracking_uri: str = "",
-    variants: list = ["float16", "int8"],
-    max_accuracy_drop: float = 1.0,
-    prefer: str = "size",
-    seed: int = 42,
+    tracking_uri: str,
+    variants: list,
+    max_accuracy_drop: float,
+    prefer: str,
+    seed: int,
     fine_tune_epochs: int = 2,
 ):
     """Every variant measured through LiteRT; the selection and its reason are recorded."""

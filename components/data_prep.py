@@ -10,8 +10,8 @@ from components._image import IMAGE
 def data_prep(
     dataset_source: str,
     dataset: Output[Dataset],
-    label_column: str = "label",
-    seed: int = 42,
+    label_column: str,
+    seed: int,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     min_samples_per_class: int = 5,

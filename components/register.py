@@ -13,9 +13,9 @@ def register(
     compressed: Input[Model],
     parent_run_id: str,
     summary: Output[Artifact],
-    tracking_uri: str = "",
-    model_name: str = "nasflow-model",
-    min_improvement: float = 0.0,
+    tracking_uri: str,
+    model_name: str,
+    min_improvement: float,
 ) -> str:
     """Returns ``name/version`` of the registered model version."""
     from nasflow.steps.register import register_step

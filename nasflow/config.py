@@ -25,6 +25,17 @@ CLUSTER_CONFIG_MAP = "nasflow-config"
 CLUSTER_CREDENTIALS_SECRET = "nasflow-mlflow-credentials"
 MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
+#: Defaults of a pipeline run that belong to no narrower module; the search's own defaults
+#: are those of ``nasflow.search.settings.SearchSettings`` and ``ObjectiveConfig``.
+DEFAULT_DATASET = "mnist-5k"
+DEFAULT_LABEL_COLUMN = "label"
+DEFAULT_SEED = 42
+DEFAULT_TRAIN_EPOCHS = 10
+DEFAULT_COMPRESSION_VARIANTS = ("float16", "int8")
+#: Largest accuracy drop (points) a compressed variant may have and still be selected.
+DEFAULT_MAX_ACCURACY_DROP = 1.0
+DEFAULT_PREFER = "size"
+
 #: Aliases the registry uses instead of the deprecated stages.
 CHALLENGER_ALIAS = "challenger"
 CHAMPION_ALIAS = "champion"

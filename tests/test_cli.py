@@ -4,31 +4,61 @@ from __future__ import annotations
 
 import pytest
 
-from nasflow.cli.main import PIPELINE_PARAMETER_NAMES, build_parser, main, pipeline_parameters
+from nasflow.cli.main import build_parser, main, pipeline_parameters
 from pipelines.nas_pipeline import nas_pipeline
 
 
-def test_every_pipeline_parameter_has_an_option():
-    pipeline_inputs = set(nas_pipeline.component_spec.inputs)
-    assert set(PIPELINE_PARAMETER_NAMES) == pipeline_inputs
+def test_every_pipeline_parameter_has_an_option_with_the_pipeline_default():
+    inputs = nas_pipeline.component_spec.inputs
     params = pipeline_parameters(build_parser().parse_args(["run"]))
-    assert set(params) == pipeline_inputs
+    assert set(params) == set(inputs)
+    for name, value in params.items():
+        assert value == inputs[name].default, name
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, spec in nas_pipeline.component_spec.inputs.items():
+        assert f"--{name.replace('_', '-')}" in text, name
+    assert "(default: 8)" in text and "One of: random" in text
+
+
+def test_component_defaults_never_disagree_with_the_pipeline():
+    """A component repeats no default the pipeline owns: every input the pipeline wires has none."""
+    import components
+
+    for name in components.__all__:
+        spec = getattr(components, name).component_spec
+        for input_name, input_spec in (spec.inputs or {}).items():
+            if input_name in nas_pipeline.component_spec.inputs and input_spec.default is not None:
+                assert input_spec.default == nas_pipeline.component_spec.inputs[input_name].default, (name, input_name)
 
 
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["run", "--max-trials", "0"], "must be at least 1"),
-        (["run", "--strategy", "grid"], "invalid choice"),
-        (["run", "--epochs", "x"], "invalid"),
+        (["run", "--max-trials", "0"], "max_trials must be at least 1"),
+        (["run", "--strategy", "grid"], "strategy 'grid' is unknown"),
         (["run", "--max-accuracy-drop", "-1"], "must be >= 0"),
+        (["run", "--objective", "reward"], "needs cost_target"),
+        (["run", "--prefer", "speed"], "unknown preference"),
     ],
 )
-def test_bad_options_exit_non_zero(argv, message, capsys):
+def test_bad_parameters_are_refused_before_anything_is_created(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nasflow: run:") and message in err[0], err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_malformed_number_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as caught:
-        main(argv)
+        main(["run", "--epochs", "x"])
     assert caught.value.code == 2
-    assert message in capsys.readouterr().err
+    assert "invalid int value" in capsys.readouterr().err
 
 
 def test_validate_prints_size(capsys):

@@ -44,17 +44,17 @@ def test_every_strategy_has_an_oracle(strategy):
 
 
 @pytest.mark.parametrize(
-    "settings,message",
+    "changes,message",
     [
-        (SearchSettings(strategy="grid"), "strategy 'grid' is unknown"),
-        (SearchSettings(max_trials=0), "max_trials must be at least 1"),
-        (SearchSettings(epochs=0), "epochs must be at least 1"),
-        (SearchSettings(num_workers=-1), "num_workers"),
+        ({"strategy": "grid"}, "strategy 'grid' is unknown"),
+        ({"max_trials": 0}, "max_trials must be at least 1"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"num_workers": -1}, "num_workers"),
     ],
 )
-def test_bad_settings(settings, message):
+def test_bad_settings_are_refused_where_they_are_made(changes, message):
     with pytest.raises(SearchError, match=message):
-        settings.validate()
+        SearchSettings(**changes)
 
 
 def test_search_records_every_trial_and_picks_the_best(digits, parent, tmp_path):

@@ -124,13 +124,13 @@ def test_every_nasflow_call_uses_known_subcommands_and_options(workflow):
 
 
 def test_every_nasflow_call_parses_with_the_real_cli(workflow):
-    cli = pytest.importorskip("nasflow.cli")
+    cli = pytest.importorskip("nasflow.cli.main")
     parser = cli.build_parser()
     for call in _nasflow_calls(workflow):
         args = parser.parse_args(call)  # argparse exits (SystemExit) on an unknown option
         assert args.command == call[0]
         for item in getattr(args, "param", []):
-            assert item.partition("=")[0] in cli.PIPELINE_PARAMETER_NAMES, item
+            assert item.partition("=")[0] in cli.pipeline_parameter_names(), item
 
 
 def test_dispatch_strategies_are_real_strategies(workflow):

@@ -6,6 +6,8 @@
     nasflow schedule  create a recurring run on a cluster
     nasflow promote   run the promotion gate (exit 1 when it refuses)
     nasflow validate  check a search-space file and print its size
+    nasflow runs      list recent pipeline runs with their headline numbers (from MLflow)
+    nasflow show RUN  print a past run's summary, as ``nasflow run`` printed it
 
 Errors a user can cause are printed as one ``nasflow: ...`` line with a non-zero exit.
 """
@@ -16,35 +18,20 @@ import argparse
 import json
 import os
 import sys
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nasflow import __version__
-from nasflow.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, repo_root
+from nasflow.config import DEFAULT_MODEL_NAME, repo_root
 from nasflow.errors import NasflowError
+from nasflow.preflight import check_run_parameters
 
 DEFAULT_PACKAGE = "pipelines/nas_pipeline.yaml"
 EXIT_REFUSED = 1
 EXIT_ERROR = 2
-
-#: Defaults of ``nasflow run`` (the small local budget of ``make run``).
-RUN_DEFAULTS = {
-    "dataset": "mnist-5k",
-    "strategy": "reinforce",  # nasflow.search.DEFAULT_STRATEGY
-    "max_trials": 8,
-    "epochs": 3,
-    "train_epochs": 10,
-    "seed": 42,
-}
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
@@ -53,81 +40,86 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """Options that map one-to-one to pipeline parameters (run, submit, schedule)."""
+#: Pipeline parameters whose option keeps an older, shorter name (the parameter's own
+#: dashed name works too).
+OPTION_ALIASES = {"objective_mode": "--objective", "num_workers": "--workers"}
+
+
+def _allowed_values() -> dict[str, tuple[str, ...]]:
+    """Parameters with a closed set of values, from the core constants that define them.
+
+    Only the help text shows them: the values are checked once, where the settings are made.
+    """
+    from nasflow.compression.selection import PREFERENCES
+    from nasflow.search.objectives import COST_METRICS, MODES, SELECTIONS
     from nasflow.search.strategies import STRATEGIES
 
+    return {
+        "strategy": STRATEGIES,
+        "objective_mode": MODES,
+        "cost_metric": COST_METRICS,
+        "selection": SELECTIONS,
+        "prefer": tuple(PREFERENCES),
+    }
+
+
+@dataclass(frozen=True)
+class PipelineParameter:
+    """One parameter of ``nas_pipeline``, read from its signature and docstring."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+
+
+def pipeline_signature() -> list[PipelineParameter]:
+    """The pipeline's parameters: the single declaration every option is generated from."""
+    import inspect
+
+    import docstring_parser
+
+    from pipelines.nas_pipeline import nas_pipeline
+
+    function = nas_pipeline.pipeline_func
+    docs = docstring_parser.parse(function.__doc__ or "").params
+    helps = {param.arg_name: " ".join((param.description or "").split()) for param in docs}
+    types = typing.get_type_hints(function)
+    return [
+        PipelineParameter(name, types[name], parameter.default, helps.get(name, ""))
+        for name, parameter in inspect.signature(function).parameters.items()
+    ]
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """One option per pipeline parameter (run, submit, schedule), generated from the signature."""
     group = parser.add_argument_group("pipeline parameters")
-    group.add_argument(
-        "--dataset", default=RUN_DEFAULTS["dataset"], help="mnist-5k, digits, wine, keras:NAME or a path"
-    )
-    group.add_argument("--label-column", default="label", help="label column of CSV/Parquet data")
-    group.add_argument("--search-space", default="", help="bundled name (cnn, mlp, mobile_cnn) or YAML path")
-    group.add_argument("--strategy", default=RUN_DEFAULTS["strategy"], choices=STRATEGIES)
-    group.add_argument("--max-trials", type=_positive_int, default=RUN_DEFAULTS["max_trials"])
-    group.add_argument(
-        "--epochs", type=_positive_int, default=RUN_DEFAULTS["epochs"], help="epochs per trial"
-    )
-    group.add_argument(
-        "--max-search-minutes", type=_non_negative_float, default=0.0, help="wall-clock budget (0: none)"
-    )
-    group.add_argument(
-        "--objective", dest="objective_mode", default="accuracy", choices=("accuracy", "reward", "pareto")
-    )
-    group.add_argument(
-        "--cost-metric", default="latency_ms", choices=("latency_ms", "size_kb", "params", "flops")
-    )
-    group.add_argument(
-        "--cost-target", type=_non_negative_float, default=0.0, help="reward target T (0: none)"
-    )
-    group.add_argument("--reward-exponent", type=float, default=-0.07, help="reward exponent w")
-    group.add_argument("--selection", default="most_accurate", choices=("most_accurate", "knee"))
-    group.add_argument("--max-params", type=int, default=0)
-    group.add_argument("--max-flops", type=int, default=0)
-    group.add_argument("--max-latency-ms", type=_non_negative_float, default=0.0)
-    group.add_argument("--max-size-kb", type=_non_negative_float, default=0.0)
-    group.add_argument("--train-epochs", type=_positive_int, default=RUN_DEFAULTS["train_epochs"])
-    group.add_argument("--use-gpu", action="store_true", help="request one GPU for training")
-    group.add_argument(
-        "--compression-variants",
-        nargs="+",
-        default=["float16", "int8"],
-        metavar="VARIANT",
-        help="e.g. float16 int8 dynamic structured_prune+int8 magnitude_prune distill+int8",
-    )
-    group.add_argument("--max-accuracy-drop", type=_non_negative_float, default=1.0, help="points")
-    group.add_argument("--prefer", default="size", choices=("size", "latency"))
-    group.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    group.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
-    group.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"])
-    group.add_argument(
-        "--tracking-uri", default="", help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
-    )
-    group.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
-    group.add_argument("--state-dir", default="", help="persistent tuner state folder (resume after a crash)")
-    group.add_argument("--workers", dest="num_workers", type=int, default=0, help="search worker processes")
-    group.add_argument(
-        "--trials-per-process", type=int, default=0, help="recycle a search worker after N trials (0: never)"
-    )
-    group.add_argument(
-        "--run-identity",
-        default="",
-        help="name of this run; run again with the same name to resume it after a crash",
-    )
+    allowed = _allowed_values()
+    for parameter in pipeline_signature():
+        flags = [f"--{parameter.name.replace('_', '-')}"]
+        if parameter.name in OPTION_ALIASES:
+            flags.insert(0, OPTION_ALIASES[parameter.name])
+        help_text = parameter.help
+        if parameter.name in allowed:
+            help_text = f"{help_text} One of: {', '.join(allowed[parameter.name])}."
+        options: dict[str, Any] = {"dest": parameter.name, "default": parameter.default}
+        if parameter.kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif parameter.kind is list:
+            options.update(nargs="+", metavar="VALUE", default=list(parameter.default))
+        else:
+            options["type"] = parameter.kind
+        group.add_argument(*flags, help=f"{help_text} (default: %(default)s)", **options)
 
 
-PIPELINE_PARAMETER_NAMES = (
-    "dataset", "label_column", "search_space", "strategy", "max_trials", "epochs", "max_search_minutes",
-    "objective_mode", "cost_metric", "cost_target", "reward_exponent", "selection", "max_params", "max_flops",
-    "max_latency_ms", "max_size_kb", "train_epochs", "use_gpu", "compression_variants", "max_accuracy_drop",
-    "prefer", "model_name", "min_improvement", "seed", "tracking_uri", "experiment", "state_dir", "run_identity",
-    "num_workers", "trials_per_process",
-)  # fmt: skip
+def pipeline_parameter_names() -> list[str]:
+    """Names of the pipeline's parameters, in signature order."""
+    return [parameter.name for parameter in pipeline_signature()]
 
 
 def pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """Pipeline parameters from parsed options."""
-    params = {name: getattr(args, name) for name in PIPELINE_PARAMETER_NAMES}
+    params = {name: getattr(args, name) for name in pipeline_parameter_names()}
     for key in ("dataset", "search_space", "state_dir"):
         # Local paths become absolute so every task process finds them.
         value = params[key]
@@ -184,21 +176,76 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a search-space YAML and print its size")
     validate.add_argument("file", help="YAML path, or a bundled name (cnn, mlp, mobile_cnn)")
+    _add_history_commands(commands)
     return parser
+
+
+# --- issue 15: `nasflow runs` and `nasflow show RUN` (past runs, read back from MLflow) -----------
+
+
+def _add_history_commands(commands) -> None:
+    from nasflow.config import DEFAULT_EXPERIMENT
+
+    runs = commands.add_parser("runs", help="list recent pipeline runs with their headline numbers")
+    runs.add_argument("--limit", type=int, default=10, help="how many runs, newest first")
+    show = commands.add_parser("show", help="print a past run's summary (as `nasflow run` printed it)")
+    show.add_argument("run", nargs="?", default="latest", help="run id, a unique prefix of one, or 'latest'")
+    for parser in (runs, show):
+        parser.add_argument(
+            "--tracking-uri", default="", help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+        )
+        parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+
+
+def _history_uri(args: argparse.Namespace) -> str:
+    from nasflow import tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri or None)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        # Reading must not create an empty store where the user mistyped a path.
+        raise NasflowError(f"no MLflow store at {uri} (give --tracking-uri or run from the folder of mlflow.db)")
+    tracking.check_reachable(uri)
+    return uri
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from nasflow.cli.history import format_runs, recent_runs
+
+    print(format_runs(recent_runs(_history_uri(args), args.experiment, args.limit)))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from nasflow.cli.history import find_run, format_unfinished, run_summary
+    from nasflow.cli.local_run import format_summary
+
+    uri = _history_uri(args)
+    run = find_run(uri, args.experiment, args.run)
+    summary = run_summary(uri, run)
+    if summary is None:
+        print(format_unfinished(run, uri))
+        return 0
+    seconds = (run.end_time_ms - run.start_time_ms) / 1000 if run.end_time_ms and run.start_time_ms else None
+    print(format_summary(summary, seconds))
+    return 0
+
+
+# --- end issue 15
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from nasflow.cli.local_run import format_summary, run_pipeline_locally
 
     params = pipeline_parameters(args)
+    check_run_parameters(params)
     if params["run_identity"] and not params["state_dir"]:
         # Resuming needs the tuner state where the next attempt will look for it.
         params["state_dir"] = str((Path(args.output_dir) / "state" / params["run_identity"]).resolve())
-    if params["search_space"]:
-        # Fail in a second on a bad space file, not after data prep and the search task's retries.
-        from nasflow.spaces.schema import load_search_space, resolve_search_space
+    # --- issue 15: refuse a bad dataset or search space before any run or folder exists.
+    from nasflow.cli.inputs import check_run_inputs
 
-        load_search_space(resolve_search_space(params["search_space"], "image"))
+    check_run_inputs(params)
+    # --- end issue 15
     if not args.quiet:
         print(
             f"nasflow {__version__}: running the NAS pipeline locally (kfp.local) on {params['dataset']}",
@@ -227,7 +274,7 @@ def _remote_parameters(args: argparse.Namespace) -> dict[str, Any]:
     # On a cluster the URI comes from the ConfigMap unless given explicitly.
     for item in args.param:
         key, sep, value = item.partition("=")
-        if not sep or key not in PIPELINE_PARAMETER_NAMES:
+        if not sep or key not in pipeline_parameter_names():
             raise NasflowError(
                 f"--param {item!r}: expected KEY=VALUE with KEY one of the pipeline parameters"
             )
@@ -235,6 +282,7 @@ def _remote_parameters(args: argparse.Namespace) -> dict[str, Any]:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
+    check_run_parameters(params)
     return params
 
 
@@ -331,6 +379,8 @@ COMMANDS = {
     "schedule": _cmd_schedule,
     "promote": _cmd_promote,
     "validate": _cmd_validate,
+    "runs": _cmd_runs,
+    "show": _cmd_show,
 }
 
 

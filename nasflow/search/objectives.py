@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from nasflow.errors import SearchError
 
@@ -54,6 +54,37 @@ _LIMITS: tuple[tuple[str, str], ...] = (
     ("max_size_kb", "size_kb"),
     ("max_latency_ms", "latency_ms"),
 )
+
+
+#: Pipeline parameter -> ObjectiveConfig field. The pipeline hands these to the search step
+#: as one ``objective`` value (:func:`objective_parameters`); nothing else lists them.
+PIPELINE_PARAMETERS: dict[str, str] = {
+    "objective_mode": "mode",
+    "cost_metric": "cost_metric",
+    "cost_target": "cost_target",
+    "reward_exponent": "reward_exponent",
+    "selection": "selection",
+    "max_params": "max_params",
+    "max_flops": "max_flops",
+    "max_latency_ms": "max_latency_ms",
+    "max_size_kb": "max_size_kb",
+}
+
+
+#: Numeric fields of ObjectiveConfig and their types; 0 means "unset" for all but the exponent.
+_NUMERIC_FIELDS: dict[str, type] = {
+    "cost_target": float,
+    "reward_exponent": float,
+    "max_params": int,
+    "max_flops": int,
+    "max_latency_ms": float,
+    "max_size_kb": float,
+}
+
+
+def objective_parameters(pipeline_parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The objective's settings, by ObjectiveConfig field, out of all the pipeline's parameters."""
+    return {field: pipeline_parameters[name] for name, field in PIPELINE_PARAMETERS.items()}
 
 
 @dataclass(frozen=True)
@@ -102,6 +133,32 @@ class ObjectiveConfig:
             limit = getattr(self, field)
             if limit is not None and not limit > 0:
                 raise SearchError(f"objective {field} must be positive, got {limit}")
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> ObjectiveConfig:
+        """The objective from pipeline parameters, where 0 means "no limit" / "no target".
+
+        KFP has no optional numbers, so the pipeline passes 0 for an unset limit.
+
+        Raises:
+            SearchError: An unknown setting, or an inconsistent one.
+        """
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise SearchError(f"unknown objective setting(s): {', '.join(unknown)}")
+        cleaned: dict[str, Any] = {}
+        for key, value in values.items():
+            kind = _NUMERIC_FIELDS.get(key)
+            if kind is not None:
+                # A placeholder inside a KFP struct may arrive as text ("0.0"): read it as a number.
+                try:
+                    value = kind(float(value))
+                except (TypeError, ValueError) as error:
+                    raise SearchError(f"objective {key} must be a number, got {value!r}") from error
+                if not value and key != "reward_exponent":
+                    value = None
+            cleaned[key] = value
+        return cls(**cleaned)
 
     def cheap_constraints(self) -> ObjectiveConfig:
         """The limits that can be checked from the built model alone, before training.
