@@ -148,6 +148,62 @@ def worker_job_manifest(
     Raises:
         ClusterError: If an argument cannot make a valid Job.
     """
+    secret_env = dict(secret_env or {})
+    _check_job_arguments(num_workers, oracle_port, chief_ip, command, namespace, gpus, env, secret_env)
+    labels = {
+        "app.kubernetes.io/name": "nasflow-search-worker",
+        "app.kubernetes.io/part-of": "nasflow",
+        **WORKER_POD_LABELS,
+    }
+    container = _worker_container(
+        image, command, _worker_env(chief_ip, oracle_port, env, secret_env), cpu=cpu, memory=memory, gpus=gpus
+    )
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": num_workers,
+        "parallelism": num_workers,
+        "backoffLimit": num_workers if backoff_limit is None else backoff_limit,
+        "ttlSecondsAfterFinished": ttl_after_finished_s,
+        "template": {
+            "metadata": {"labels": dict(labels), "annotations": dict(WORKER_POD_ANNOTATIONS)},
+            "spec": _worker_pod_spec(container, service_account, gpus),
+        },
+    }
+    if active_deadline_s is not None:
+        job_spec["activeDeadlineSeconds"] = active_deadline_s
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": worker_job_name(owner_pod_name),
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": owner_pod_name,
+                    "uid": owner_pod_uid,
+                    # blockOwnerDeletion would need update rights on pods/finalizers.
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }
+
+
+def _check_job_arguments(
+    num_workers: int,
+    oracle_port: int,
+    chief_ip: str,
+    command: list[str],
+    namespace: str,
+    gpus: int,
+    env: Mapping[str, str],
+    secret_env: Mapping[str, tuple[str, str]],
+) -> None:
+    """Raise ``ClusterError`` for an argument that cannot make a valid Job."""
     if num_workers < 1:
         raise ClusterError(f"num_workers must be at least 1, got {num_workers}")
     if not 0 < oracle_port < 65536:
@@ -160,24 +216,16 @@ def worker_job_manifest(
         raise ClusterError(f"namespace {namespace!r} is not a valid Kubernetes namespace")
     if gpus < 0:
         raise ClusterError(f"gpus must be 0 or more, got {gpus}")
-    secret_env = dict(secret_env or {})
     reserved = sorted((set(env) | set(secret_env)) & set(_RESERVED_ENV))
     if reserved:
         raise ClusterError(f"env must not set {', '.join(reserved)}: worker_job_manifest sets them")
 
-    name = worker_job_name(owner_pod_name)
-    labels = {
-        "app.kubernetes.io/name": "nasflow-search-worker",
-        "app.kubernetes.io/part-of": "nasflow",
-        **WORKER_POD_LABELS,
-    }
-    resources: dict[str, dict[str, str]] = {
-        "requests": {"cpu": cpu, "memory": memory},
-        "limits": {"cpu": cpu, "memory": memory},
-    }
-    if gpus:
-        resources["limits"][GPU_RESOURCE] = str(gpus)
-    worker_env = [
+
+def _worker_env(
+    chief_ip: str, oracle_port: int, env: Mapping[str, str], secret_env: Mapping[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The worker container's environment: its tuner id from the completion index, the chief's address."""
+    return [
         {
             "name": "JOB_COMPLETION_INDEX",
             "valueFrom": {
@@ -197,6 +245,39 @@ def worker_job_manifest(
             for key, (secret, secret_key) in sorted(secret_env.items())
         ),
     ]
+
+
+def _worker_container(
+    image: str, command: list[str], env: list[dict[str, Any]], *, cpu: str, memory: str, gpus: int
+) -> dict[str, Any]:
+    """The worker container: non-root, read-only root filesystem, no capabilities."""
+    resources: dict[str, dict[str, str]] = {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu, "memory": memory},
+    }
+    if gpus:
+        resources["limits"][GPU_RESOURCE] = str(gpus)
+    return {
+        "name": "worker",
+        "image": image,
+        "imagePullPolicy": "Always",
+        "command": list(command),
+        "env": env,
+        "resources": resources,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": IMAGE_UID,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # The image keeps HOME and caches under /tmp; search output goes there too.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def _worker_pod_spec(container: dict[str, Any], service_account: str, gpus: int) -> dict[str, Any]:
+    """The worker pod: never restarted in place (the Job retries), no API token, GPU placement."""
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": service_account,
@@ -208,61 +289,13 @@ def worker_job_manifest(
             "fsGroup": IMAGE_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [
-            {
-                "name": "worker",
-                "image": image,
-                "imagePullPolicy": "Always",
-                "command": list(command),
-                "env": worker_env,
-                "resources": resources,
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "runAsUser": IMAGE_UID,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                # The image keeps HOME and caches under /tmp; search output goes there too.
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }
-        ],
+        "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if gpus:
         pod_spec["nodeSelector"] = dict(GPU_NODE_SELECTOR)
         pod_spec["tolerations"] = [dict(toleration) for toleration in GPU_TOLERATIONS]
-
-    job_spec: dict[str, Any] = {
-        "completionMode": "Indexed",
-        "completions": num_workers,
-        "parallelism": num_workers,
-        "backoffLimit": num_workers if backoff_limit is None else backoff_limit,
-        "ttlSecondsAfterFinished": ttl_after_finished_s,
-        "template": {"metadata": {"labels": dict(labels), "annotations": dict(WORKER_POD_ANNOTATIONS)}, "spec": pod_spec},
-    }
-    if active_deadline_s is not None:
-        job_spec["activeDeadlineSeconds"] = active_deadline_s
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(labels),
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": owner_pod_name,
-                    "uid": owner_pod_uid,
-                    # blockOwnerDeletion would need update rights on pods/finalizers.
-                    "blockOwnerDeletion": False,
-                }
-            ],
-        },
-        "spec": job_spec,
-    }
+    return pod_spec
 
 
 def _api_client(api_client: Any | None) -> Any:
