@@ -11,6 +11,11 @@ import re
 class NasflowError(Exception):
     """Base class of every error nasflow reports to a user."""
 
+    #: Whether running the failing step again may succeed (a crash, an outage). By default
+    #: an error is deterministic: the same inputs fail the same way, so a pipeline step that
+    #: raises one is not retried (see ``nasflow.steps._common.user_errors``).
+    transient: bool = False
+
 
 class DataError(NasflowError):
     """A dataset cannot be loaded or fails validation."""
@@ -28,8 +33,24 @@ class SearchError(NasflowError):
     """The architecture search could not produce a usable result."""
 
 
+class SearchCrashedError(SearchError):
+    """A process of the search died (chief or worker): a retry resumes from the saved state."""
+
+    transient = True
+
+
 class TrackingError(NasflowError):
     """The MLflow tracking server or registry cannot be used."""
+
+
+class TrackingUnavailableError(TrackingError):
+    """The tracking server does not answer (or kept failing): it may be back for a retry."""
+
+    transient = True
+
+
+class ParameterConflictError(TrackingError):
+    """A parameter of a run would be logged again with a different value (MLflow refuses it)."""
 
 
 class CompressionError(NasflowError):
@@ -42,6 +63,10 @@ class PromotionRefused(NasflowError):
 
 class ClusterError(NasflowError):
     """Submitting to or running on a Kubeflow cluster failed."""
+
+    # Worker pods preempted, OOM-killed or deleted, a chief pod gone: infrastructure, which
+    # the search task's retry (resuming from its state folder) exists for.
+    transient = True
 
 
 # TensorFlow and absl print start-up chatter (oneDNN notices, "I0000 ... port.cc" lines) on

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nasflow.errors import TrackingError
+from nasflow.errors import ParameterConflictError, TrackingError, TrackingUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ PIPELINE_JOB_TAG = "nasflow.pipeline_job_id"
 ROLE_TAG = "nasflow.role"
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_REASON_TAG = "nasflow.failure_reason"
+#: Prefix of the parent-run tag a step sets when it failed deterministically (+ step name).
+DETERMINISTIC_FAILURE_TAG = "nasflow.deterministic_failure."
 
 #: How long logging keeps retrying while the server is down before giving up.
 DEFAULT_RETRY_SECONDS = 180.0
@@ -77,10 +79,10 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - user-given server
                 if response.status != 200:
-                    raise TrackingError(f"MLflow tracking server {tracking_uri} answered HTTP {response.status} on /health")
+                    raise TrackingUnavailableError(f"MLflow tracking server {tracking_uri} answered HTTP {response.status} on /health")
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from error
+            raise TrackingUnavailableError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from error
     elif tracking_uri.startswith("sqlite:///"):
         folder = Path(tracking_uri[len("sqlite:///") :]).parent
         try:
@@ -98,7 +100,7 @@ def with_retry(call: Callable[[], T], what: str, retry_seconds: float = DEFAULT_
         retry_seconds: Total time to keep retrying.
 
     Raises:
-        TrackingError: The call still failed when the time ran out.
+        TrackingUnavailableError: The call still failed when the time ran out.
     """
     from mlflow.exceptions import MlflowException
 
@@ -113,7 +115,7 @@ def with_retry(call: Callable[[], T], what: str, retry_seconds: float = DEFAULT_
             if isinstance(error, MlflowException) and 400 <= status < 500:
                 raise
             if time.monotonic() + delay > deadline:
-                raise TrackingError(f"MLflow call '{what}' kept failing for {retry_seconds:.0f}s: {error}") from error
+                raise TrackingUnavailableError(f"MLflow call '{what}' kept failing for {retry_seconds:.0f}s: {error}") from error
             logger.warning("MLflow call '%s' failed (%s); retrying in %.1fs", what, type(error).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
@@ -178,9 +180,18 @@ def start_parent_run(
     if existing is not None:
         # The same run identity again: a retry or a resume after a crash. Reopen it so the
         # finished trials it holds count towards this attempt.
-        if client.get_run(existing).info.status != "RUNNING":
+        run = with_retry(lambda: client.get_run(existing), "get parent run")
+        if run.info.status != "RUNNING":
             with_retry(lambda: client.update_run(existing, status="RUNNING"), "reopen parent run")
             client.set_tag(existing, "nasflow.resumed", "true")
+        # A new pipeline run on this parent starts with a clean slate: a step that failed
+        # deterministically last time gets to run again (its inputs may have been fixed).
+        for key in run.data.tags:
+            if key.startswith(DETERMINISTIC_FAILURE_TAG):
+                with_retry(lambda key=key: client.delete_tag(existing, key), "clear failure marker")
+        if params:
+            # The same parameters again are skipped; a changed one is refused by name.
+            log_params_once(client, existing, params)
         return existing
     tags = {PIPELINE_JOB_TAG: pipeline_job_id, ROLE_TAG: "pipeline"}
     run = with_retry(
@@ -188,7 +199,7 @@ def start_parent_run(
         "create parent run",
     )
     if params:
-        log_params(client, run.info.run_id, params)
+        log_params_once(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -243,6 +254,63 @@ def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
     for start in range(0, len(items), 100):
         batch = items[start : start + 100]
         with_retry(lambda batch=batch: client.log_batch(run_id, params=batch), "log params")
+
+
+def log_params_once(client, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params on a run that several steps write (the parent run): each key once.
+
+    MLflow refuses to change a logged parameter, deep in a step and with a message that
+    names neither step. Reading the run first turns that into a clear error naming the key
+    and both values, and makes logging the same values again (a retried task) a no-op.
+
+    Raises:
+        ParameterConflictError: A key is already logged with a different value.
+    """
+    existing = with_retry(lambda: client.get_run(run_id), "get run").data.params
+    wanted = _flatten(params)
+    conflicts = [(key, existing[key], value) for key, value in wanted.items() if key in existing and existing[key] != value]
+    if conflicts:
+        described = "; ".join(f"{key!r} is {old!r}, refusing {new!r}" for key, old, new in conflicts)
+        raise ParameterConflictError(
+            f"MLflow run {run_id}: parameter already logged with another value ({described}); "
+            "a parameter is logged once: give a different value its own key"
+        )
+    new_params = {key: value for key, value in wanted.items() if key not in existing}
+    if new_params:
+        log_params(client, run_id, new_params)
+
+
+def failure_marker(tracking_uri: str | None, parent_run_id: str, step: str) -> str | None:
+    """The line an earlier attempt of ``step`` failed with deterministically, if it left one.
+
+    Best effort and quick: an unreachable server or a missing run reads as "no marker",
+    and the step then reports whatever is wrong itself.
+    """
+    try:
+        uri = resolve_tracking_uri(tracking_uri)
+        check_reachable(uri, timeout_s=2.0)
+        run = make_client(uri).get_run(parent_run_id)
+    except Exception as error:  # noqa: BLE001 - a marker is an optimization, never a new failure
+        logger.debug("no failure marker read for %s: %s", step, error)
+        return None
+    return run.data.tags.get(DETERMINISTIC_FAILURE_TAG + step)
+
+
+def mark_deterministic_failure(tracking_uri: str | None, parent_run_id: str, step: str, line: str) -> None:
+    """Leave ``line`` on the parent run, so that a retried attempt of ``step`` fails at once.
+
+    KFP retries a task whatever its exit code (kfp.local and Argo alike); the parent run
+    is what every attempt of every step can read.
+    """
+    try:
+        client = make_client(tracking_uri)
+        with_retry(
+            lambda: client.set_tag(parent_run_id, DETERMINISTIC_FAILURE_TAG + step, line[:5000]),
+            "mark deterministic failure",
+            retry_seconds=10.0,
+        )
+    except Exception as error:  # noqa: BLE001 - the step is failing already; say so, do not mask it
+        logger.warning("could not mark the %s failure on parent run %s: %s", step, parent_run_id, error)
 
 
 def metric_items(metrics: Mapping[str, Any], step: int = 0, timestamp_ms: int | None = None) -> list:
@@ -363,14 +431,24 @@ class RunHandle:
         with_retry(lambda: self.client.set_terminated(self.run_id, status=status), "end run")
 
 
-def open_parent(tracking_uri: str | None, parent_run_id: str) -> RunHandle:
+class ParentRunHandle(RunHandle):
+    """The pipeline's parent run, which every step writes: parameters are logged once each."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """See :func:`log_params_once`."""
+        log_params_once(self.client, self.run_id, params)
+
+
+def open_parent(tracking_uri: str | None, parent_run_id: str) -> ParentRunHandle:
     """A handle on an existing parent run (checks that it exists)."""
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
     client = make_client(uri)
-    parent = RunHandle(client, parent_run_id)
+    parent = ParentRunHandle(client, parent_run_id)
     try:
         parent.cached_run()
+    except TrackingUnavailableError:
+        raise
     except Exception as error:
         raise TrackingError(f"MLflow {uri}: parent run {parent_run_id!r} not found: {error}") from error
     return parent

@@ -32,7 +32,7 @@ def test_bad_dataset_fails_data_prep_with_one_line(name, tmp_path, capsys):
     output = tmp_path / "dataset"
     with pytest.raises(SystemExit) as caught:
         data_prep_step(str(CORPUS / "datasets" / name), str(output))
-    assert caught.value.code == 1
+    assert caught.value.code == 2, "bad data is deterministic: not retried"
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nasflow:")]
     assert len(lines) == 1, lines
     assert name.rstrip("/") in lines[0] and str(DATASETS[name]) in lines[0]

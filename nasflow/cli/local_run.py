@@ -112,8 +112,7 @@ def run_pipeline_locally(
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"kfp\.local")
             _run_with_log(nas_pipeline, params, log_path, stream)
     except RuntimeError as error:
-        message = error_file.read_text().strip().splitlines()[0] if error_file.exists() else _ANSI.sub("", str(error))
-        raise PipelineFailed(f"{message} (full log: {log_path})") from error
+        raise PipelineFailed(f"{failure_line(error_file, str(error))} (full log: {log_path})") from error
     finally:
         for key, value in env_before.items():
             if value is None:
@@ -122,6 +121,30 @@ def run_pipeline_locally(
                 os.environ[key] = value
     summary = _find_summary(run_dir)
     return LocalRun(run_dir=run_dir, log_path=log_path, summary=summary, seconds=time.monotonic() - started)
+
+
+#: The innermost failed task in kfp.local's message ("Inner task failed: 'train-2' inside ...").
+_FAILED_TASK = re.compile(r"Inner task failed: '([A-Za-z0-9-]+?)(?:-\d+)?'")
+
+
+def failure_line(error_file: Path, kfp_message: str) -> str:
+    """The failing step's own one-line error, else kfp.local's message.
+
+    Every failed attempt of a step appends its line to ``error_file`` (``user_errors``).
+    A step that failed once and then succeeded on a retry leaves a line as well, so the
+    last line of the task kfp.local names wins over the last line of the file.
+    """
+    kfp_message = _ANSI.sub("", kfp_message).strip()
+    try:
+        lines = [line for line in error_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    failed = _FAILED_TASK.search(kfp_message)
+    if failed:
+        own = [line for line in lines if line.startswith(f"{failed.group(1)}: ")]
+        if own:
+            return own[-1]
+    return lines[-1] if lines else kfp_message
 
 
 def _run_with_log(pipeline, params: Mapping[str, Any], log_path: Path, stream: TextIO | None) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from nasflow import tracking
 from nasflow.cluster.processes import chief_exit, launch, stop, tail, wait_for_chief_end, wait_for_oracle
 from nasflow.cluster.spec import RECYCLE_EXIT_CODE, WorkerSpec
-from nasflow.errors import SearchError
+from nasflow.errors import SearchCrashedError, SearchError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def tracking_for_workers(tracking_uri: str, num_workers: int) -> Iterator[str]:
                 break
             except Exception as error:  # noqa: BLE001 - keep polling until the deadline
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SearchError(
+                    raise SearchCrashedError(
                         f"could not start a local MLflow server for the workers (log: {log_path})"
                     ) from error
                 time.sleep(0.5)
@@ -116,7 +116,7 @@ def run_search_processes(
             if deadline is not None and time.monotonic() > deadline:
                 raise SearchError(f"the distributed search did not finish within {timeout_s:.0f}s")
             if chief.poll() is not None and chief.returncode != 0:
-                raise SearchError(chief_exit(chief, log_dir / "chief.log"))
+                raise SearchCrashedError(chief_exit(chief, log_dir / "chief.log"))
             for tuner_id, process in list(workers.items()):
                 code = process.poll()
                 if code is None or tuner_id in done:
@@ -135,7 +135,7 @@ def run_search_processes(
                         tail(log_dir / f"{tuner_id}.log"),
                     )
                     if failures[tuner_id] >= MAX_CONSECUTIVE_WORKER_FAILURES:
-                        raise SearchError(
+                        raise SearchCrashedError(
                             f"worker {tuner_id} failed {failures[tuner_id]} times in a row (exit code {code}): "
                             f"{tail(log_dir / f'{tuner_id}.log')}"
                         )

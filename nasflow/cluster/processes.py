@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from nasflow.errors import SearchError, meaningful_lines
+from nasflow.errors import SearchCrashedError, meaningful_lines
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def wait_for_chief_end(chief: subprocess.Popen, log: Path, grace_s: float = 3) -
         stop(chief)
         return
     if chief.returncode != 0:
-        raise SearchError(chief_exit(chief, log))
+        raise SearchCrashedError(chief_exit(chief, log))
 
 
 def wait_for_oracle(
@@ -104,9 +104,9 @@ def wait_for_oracle(
     deadline = time.monotonic() + timeout_s
     while not port_open(host, port):
         if chief.poll() is not None:
-            raise SearchError(chief_exit(chief, log))
+            raise SearchCrashedError(chief_exit(chief, log))
         if time.monotonic() > deadline:
-            raise SearchError(
+            raise SearchCrashedError(
                 f"the chief oracle did not open port {port} within {timeout_s:.0f}s: {tail(log)}"
             )
         time.sleep(0.3)

@@ -14,7 +14,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nasflow.errors import TrackingError
+from nasflow.errors import TrackingError, TrackingUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,12 @@ def tracking_errors(uri: str, action: str) -> Iterator[None]:
     except MlflowException as error:
         message = error.message if hasattr(error, "message") else str(error)
         if any(marker in message for marker in UNREACHABLE_MARKERS):
-            raise TrackingError(f"cannot reach MLflow tracking server at {uri} ({action})") from error
-        raise TrackingError(one_line(f"MLflow at {uri}: {action} failed: {message}")) from error
+            raise TrackingUnavailableError(f"cannot reach MLflow tracking server at {uri} ({action})") from error
+        # A 4xx answer is about the request (deterministic); a 5xx one about the server.
+        kind = TrackingUnavailableError if error.get_http_status_code() >= 500 else TrackingError
+        raise kind(one_line(f"MLflow at {uri}: {action} failed: {message}")) from error
     except OSError as error:  # requests' ConnectionError is an OSError
-        raise TrackingError(
+        raise TrackingUnavailableError(
             one_line(f"cannot reach MLflow tracking server at {uri} ({action}): {error}")
         ) from error
 

@@ -75,7 +75,8 @@ def search_step(
             "search.epochs": epochs,
             "search.space": space.name,
             "search.objective": objective_config.mode,
-            "dataset": data.metadata.name,
+            # start-tracking logged ``dataset`` as the path the user gave; this is its short name.
+            "dataset_name": data.metadata.name,
         }
     )
     parent.log_artifact(space_path, "search_space")
