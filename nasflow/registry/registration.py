@@ -30,6 +30,11 @@ from nasflow.registry._mlflow import (
 logger = logging.getLogger(__name__)
 
 
+#: Tag on the run a version was registered from: ``<model name>/<version>`` (``nasflow submit
+#: --wait`` reads it from the pipeline's parent run to name the version its run registered).
+REGISTERED_VERSION_TAG = "nasflow.registered_version"
+
+
 SERVING_CODE_PATH = Path(__file__).with_name("serving.py")
 
 
@@ -127,47 +132,21 @@ def register_model(
         TrackingError: A file is missing, the arguments do not fit, or MLflow fails.
     """
     uri = resolve_uri(tracking_uri)
-    if serve not in SERVING_REQUIREMENTS:
-        raise TrackingError(f"cannot register {model_name}: serve must be 'keras' or 'tflite', got {serve!r}")
-    if serve == "tflite" and not tflite_path:
-        raise TrackingError(f"cannot register {model_name}: serve='tflite' needs tflite_path")
-    artifacts = {KERAS_ARTIFACT: keras_model_path}
-    if tflite_path:
-        artifacts[TFLITE_ARTIFACT] = tflite_path
-    for key, path in (extra_artifacts or {}).items():
-        if key in artifacts:
-            raise TrackingError(f"cannot register {model_name}: extra artifact name {key!r} is reserved")
-        artifacts[key] = path
-    for key, path in artifacts.items():
-        if not Path(path).is_file():
-            raise TrackingError(f"cannot register {model_name}: artifact {key} file {path} does not exist")
+    artifacts = _checked_artifacts(model_name, serve, keras_model_path, tflite_path, extra_artifacts)
     metric_value = float(test_metric_value)
     if not math.isfinite(metric_value):
         raise TrackingError(
             f"cannot register {model_name}: {test_metric_name} is {metric_value}, not a finite number"
         )
-
-    import keras
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
     example = np.asarray(input_example[:5], dtype=np.float32)
-    keras_model = keras.saving.load_model(keras_model_path, safe_mode=True, compile=False)
-    scores = np.asarray(keras_model.predict(example, verbose=0))
-    outputs = _output_kind(scores)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(scores.shape[-1])))]),
-    )
-    version_tags = dict(tags or {})
-    version_tags.update(
-        {
-            TEST_METRIC_TAG: repr(metric_value),
-            TEST_METRIC_NAME_TAG: test_metric_name,
-            SERVED_FORMAT_TAG: serve,
-            "nasflow.keras_artifact": f"artifacts/{Path(keras_model_path).name}",
-        }
-    )
+    signature, outputs = _signature(keras_model_path, example)
+    version_tags = {
+        **(tags or {}),
+        TEST_METRIC_TAG: repr(metric_value),
+        TEST_METRIC_NAME_TAG: test_metric_name,
+        SERVED_FORMAT_TAG: serve,
+        "nasflow.keras_artifact": f"artifacts/{Path(keras_model_path).name}",
+    }
     if tflite_path:
         version_tags["nasflow.tflite_artifact"] = f"artifacts/{Path(tflite_path).name}"
 
@@ -195,7 +174,7 @@ def register_model(
             name=model_name, source=info.model_uri, run_id=used_run, tags=version_tags, model_id=info.model_id
         )
         client.set_registered_model_alias(model_name, CHALLENGER_ALIAS, created.version)
-        client.set_tag(used_run, "nasflow.registered_version", f"{model_name}/{created.version}")
+        client.set_tag(used_run, REGISTERED_VERSION_TAG, f"{model_name}/{created.version}")
     logger.info("registered %s version %s (%s) as %s", model_name, created.version, serve, CHALLENGER_ALIAS)
     return RegisteredVersion(
         name=model_name,
@@ -204,3 +183,47 @@ def register_model(
         alias=CHALLENGER_ALIAS,
         uri=f"models:/{model_name}/{created.version}",
     )
+
+
+def _checked_artifacts(
+    model_name: str,
+    serve: str,
+    keras_model_path: str,
+    tflite_path: str | None,
+    extra_artifacts: dict[str, str] | None,
+) -> dict[str, str]:
+    """The version's files by artifact name, every one of them present.
+
+    Raises:
+        TrackingError: A bad ``serve``, a reserved name, or a missing file.
+    """
+    if serve not in SERVING_REQUIREMENTS:
+        raise TrackingError(f"cannot register {model_name}: serve must be 'keras' or 'tflite', got {serve!r}")
+    if serve == "tflite" and not tflite_path:
+        raise TrackingError(f"cannot register {model_name}: serve='tflite' needs tflite_path")
+    artifacts = {KERAS_ARTIFACT: keras_model_path}
+    if tflite_path:
+        artifacts[TFLITE_ARTIFACT] = tflite_path
+    for key, path in (extra_artifacts or {}).items():
+        if key in artifacts:
+            raise TrackingError(f"cannot register {model_name}: extra artifact name {key!r} is reserved")
+        artifacts[key] = path
+    for key, path in artifacts.items():
+        if not Path(path).is_file():
+            raise TrackingError(f"cannot register {model_name}: artifact {key} file {path} does not exist")
+    return artifacts
+
+
+def _signature(keras_model_path: str, example: np.ndarray):
+    """The pyfunc's tensor signature and whether the model outputs probabilities or logits."""
+    import keras
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    keras_model = keras.saving.load_model(keras_model_path, safe_mode=True, compile=False)
+    scores = np.asarray(keras_model.predict(example, verbose=0))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(scores.shape[-1])))]),
+    )
+    return signature, _output_kind(scores)
