@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,6 +42,8 @@ class FakeKfpServer:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: State a run reports after its first look (RUNNING); e.g. "FAILED" to test a failure.
     final_run_state: str = "SUCCEEDED"
+    #: Called with each created run (its JSON) — e.g. to do what the pipeline's steps would.
+    on_run_created: Callable[[dict[str, Any]], None] | None = None
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -93,6 +96,8 @@ class FakeKfpServer:
         if method == "POST" and path == "/apis/v2beta1/runs":
             run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
             self.runs[run["run_id"]] = run
+            if self.on_run_created is not None:
+                self.on_run_created(run)
             return 200, run
         if method == "GET" and path.startswith("/apis/v2beta1/runs/"):
             run = self.runs.get(path.rsplit("/", 1)[1])

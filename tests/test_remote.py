@@ -212,6 +212,45 @@ def test_submit_wait_follows_the_run_to_its_end(kfp_server, package, capsys, fin
             wait_for_run(kfp_server.url, run.run_id, poll_s=0.05)
     polls = kfp_server.calls("GET", f"/apis/v2beta1/runs/{run.run_id}")
     assert len(polls) == 2, "polled while RUNNING, stopped at the final state"
-    # The CLI's exit code is what CI gates on.
-    code = cli_main(["submit", "--host", kfp_server.url, "--package", package, "--wait", "--poll-seconds", "0.05", "--param", "seed=1"])
-    assert code == (0 if succeeds else 2)
+    if not succeeds:  # the CLI's exit code is what CI gates on (success: the test below)
+        code = cli_main(["submit", "--host", kfp_server.url, "--package", package, "--wait", "--poll-seconds", "0.05", "--param", "seed=1"])
+        assert code == 2
+
+
+def test_submit_wait_names_the_version_its_own_run_registered(kfp_server, package, capsys, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from nasflow import tracking
+    from nasflow.cli.main import main as cli_main
+    from nasflow.registry.registration import REGISTERED_VERSION_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # as in CI: the cluster's MLflow, not a parameter
+
+    def pipeline_steps(run):
+        # What start-tracking and register do on the cluster: a parent run keyed by the KFP
+        # run ID, tagged with the version it registered; then another run registers a newer
+        # version (challenger moves on) before this one's CI step reads the result.
+        parent = tracking.start_parent_run(uri, "nasflow", run["run_id"])
+        client.set_tag(parent, REGISTERED_VERSION_TAG, "nasflow-model/7")
+        later = tracking.start_parent_run(uri, "nasflow", "another-run")
+        client.set_tag(later, REGISTERED_VERSION_TAG, "nasflow-model/8")
+
+    kfp_server.on_run_created = pipeline_steps
+    outputs = tmp_path / "github-output"
+    outputs.write_text("earlier=kept\n")
+    code = cli_main(["submit", "--host", kfp_server.url, "--package", package, "--wait", "--poll-seconds", "0.05",
+                     "--output-file", str(outputs)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    (run_id,) = kfp_server.runs
+    assert "model_name: nasflow-model\nmodel_version: 7\n" in printed
+    lines = dict(line.split("=", 1) for line in outputs.read_text().splitlines())
+    assert lines["earlier"] == "kept" and lines["kfp_run_id"] == run_id
+    assert (lines["model_name"], lines["model_version"]) == ("nasflow-model", "7")
+
+    # A run that registered nothing fails the CI step with one line instead of guessing.
+    kfp_server.on_run_created = lambda run: tracking.start_parent_run(uri, "nasflow", run["run_id"])
+    assert cli_main(["submit", "--host", kfp_server.url, "--package", package, "--wait", "--poll-seconds", "0.05"]) == 2
+    assert "registered no model" in capsys.readouterr().err

@@ -24,7 +24,7 @@ REMOTE_OPTIONS = {"--host", "--experiment-name", "--package", "--param", "--toke
 CLI_OPTIONS: dict[str, set[str]] = {
     "run": PIPELINE_OPTIONS | {"--workers", "--output-dir"},
     "compile": {"--output"},
-    "submit": PIPELINE_OPTIONS | REMOTE_OPTIONS | {"--wait", "--timeout-minutes", "--poll-seconds"},
+    "submit": PIPELINE_OPTIONS | REMOTE_OPTIONS | {"--wait", "--timeout-minutes", "--poll-seconds", "--output-file"},
     "schedule": PIPELINE_OPTIONS | REMOTE_OPTIONS | {"--cron", "--job-name"},
     "promote": {"--model-name", "--version", "--tracking-uri", "--min-improvement", "--metric"},
     "validate": set(),
@@ -109,6 +109,20 @@ def test_main_job_submits_then_gates(workflow):
     assert "--tracking-uri ${{ secrets.MLFLOW_TRACKING_URI }}" in " ".join(names[promote].split())
     for name in ("strategy", "max_trials", "epochs"):
         assert f"inputs.{name}" in names[submit]
+
+
+def test_gate_promotes_exactly_the_version_its_run_registered(workflow):
+    steps = _steps(workflow, "search")
+    submit = next(s for s in steps if "nasflow submit" in s.get("run", ""))
+    promote = next(s for s in steps if "nasflow promote" in s.get("run", ""))
+    submit_words = shlex.split(submit["run"])
+    assert "--wait" in submit_words
+    assert submit_words[submit_words.index("--output-file") + 1] == "$GITHUB_OUTPUT"
+    # The submit step reads the run's MLflow parent run, so it needs the tracking server.
+    assert submit["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
+    gate = " ".join(promote["run"].split())
+    assert f"--version ${{{{ steps.{submit['id']}.outputs.model_version }}}}" in gate
+    assert f"--model-name ${{{{ steps.{submit['id']}.outputs.model_name }}}}" in gate
 
 
 def test_every_nasflow_call_uses_known_subcommands_and_options(workflow):

@@ -162,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
             remote.add_argument("--timeout-minutes", type=_non_negative_float, default=24 * 60)
             remote.add_argument("--poll-seconds", type=_non_negative_float, default=10.0)
+            remote.add_argument(  # issue 13: CI promotes exactly the version its run registered
+                "--output-file",
+                default=None,
+                help="with --wait: append kfp_run_id=, model_name=, model_version= lines (e.g. $GITHUB_OUTPUT)",
+            )
         if name == "schedule":
             remote.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (5 or 6 fields)')
             remote.add_argument("--job-name", default=None)
@@ -297,10 +302,11 @@ def _package(args: argparse.Namespace) -> str:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from nasflow.cli.remote import submit_pipeline
 
+    parameters = _remote_parameters(args)
     run = submit_pipeline(
         args.host,
         _package(args),
-        _remote_parameters(args),
+        parameters,
         experiment=args.kfp_experiment,
         token_env=args.token_env,
     )
@@ -316,6 +322,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             token_env=args.token_env,
         )
         print(f"state: {state}")
+        from nasflow.cli.remote import report_registered_version
+
+        report_registered_version(parameters, run.run_id, args.output_file)
     return 0
 
 

@@ -346,3 +346,91 @@ def schedule_pipeline(
         raise _api_error("create the schedule", host, error) from error
     logger.info("scheduled %s on %s with cron %r", job.recurring_run_id, host, cron_expression)
     return ScheduledJob(job_id=job.recurring_run_id, url=f"{host}/#/recurringrun/details/{job.recurring_run_id}")
+
+
+@dataclass(frozen=True)
+class RegisteredByRun:
+    """The model version a finished pipeline run registered.
+
+    Attributes:
+        model_name: Registered model name.
+        version: Version number, as MLflow prints it.
+        parent_run_id: The run's MLflow parent run, which carries the registration tag.
+        tracking_uri: Where it was found.
+    """
+
+    model_name: str
+    version: str
+    parent_run_id: str
+    tracking_uri: str
+
+    def output_lines(self, run_id: str) -> str:
+        """``key=value`` lines: readable by a shell and GitHub Actions' ``$GITHUB_OUTPUT`` format."""
+        return (
+            f"kfp_run_id={run_id}\nmodel_name={self.model_name}\nmodel_version={self.version}\n"
+            f"mlflow_parent_run_id={self.parent_run_id}\n"
+        )
+
+
+def find_registered_version(tracking_uri: str, experiment: str, run_key: str) -> RegisteredByRun:
+    """The model version that the pipeline run keyed ``run_key`` registered, read from MLflow.
+
+    The pipeline's start-tracking step tags its MLflow parent run with the run's key (the
+    KFP run ID, or ``run_identity`` when one is given) and the register step tags the same
+    parent run with ``<model>/<version>``; this reads both back, so CI can promote exactly
+    the version its own run registered, whatever ``challenger`` points at by then.
+
+    Args:
+        tracking_uri: The MLflow URI the pipeline run used.
+        experiment: Its MLflow experiment.
+        run_key: The KFP run ID, or the run's ``run_identity``.
+
+    Raises:
+        TrackingError: MLflow cannot be read, or no parent run / no registration is found.
+    """
+    from nasflow import tracking
+    from nasflow.errors import TrackingError
+    from nasflow.registry._mlflow import tracking_errors
+    from nasflow.registry.registration import REGISTERED_VERSION_TAG
+
+    with tracking_errors(tracking_uri, f"find the version run {run_key} registered"):
+        client = tracking.make_client(tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        parent_id = None if found is None else tracking.find_parent_run(client, found.experiment_id, run_key)
+        if parent_id is None:
+            raise TrackingError(
+                f"no MLflow parent run tagged {tracking.PIPELINE_JOB_TAG}={run_key} in experiment "
+                f"{experiment!r} at {tracking_uri}; cannot tell which model version the run registered"
+            )
+        tag = client.get_run(parent_id).data.tags.get(REGISTERED_VERSION_TAG, "")
+    model_name, _, version = tag.rpartition("/")
+    if not model_name or not version:
+        raise TrackingError(
+            f"MLflow parent run {parent_id} of run {run_key} at {tracking_uri} has no "
+            f"{REGISTERED_VERSION_TAG} tag: the run registered no model"
+        )
+    return RegisteredByRun(model_name, version, parent_id, tracking_uri)
+
+
+def report_registered_version(parameters: dict[str, Any], run_id: str, output_file: str | None) -> RegisteredByRun:
+    """Print (and append to ``output_file``) the version a finished run registered; see :func:`find_registered_version`.
+
+    Raises:
+        TrackingError: No tracking URI is known here (neither the run's ``tracking_uri``
+            parameter nor ``MLFLOW_TRACKING_URI``), or the version cannot be found.
+    """
+    from nasflow.errors import TrackingError
+
+    uri = parameters.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise TrackingError(
+            "cannot tell which model version the run registered: set --tracking-uri or MLFLOW_TRACKING_URI "
+            "to the MLflow server the cluster's runs use"
+        )
+    key = parameters.get("run_identity") or run_id
+    registered = find_registered_version(uri, parameters.get("experiment") or DEFAULT_EXPERIMENT, key)
+    print(f"model_name: {registered.model_name}\nmodel_version: {registered.version}", flush=True)
+    if output_file:
+        with open(output_file, "a", encoding="utf-8") as handle:
+            handle.write(registered.output_lines(run_id))
+    return registered
