@@ -52,6 +52,34 @@ class Need:
     default: object = None
 
 
+class SpaceProblem(ValueError):
+    """What a graph family finds wrong with a declared space, before any model exists.
+
+    Attributes:
+        field: The hyperparameter at fault, or ``None`` for the space as a whole; the
+            schema turns it into the file and field of a ``SearchSpaceError``.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class GraphNeeds:
+    """Needs named by the graph a space declares (a cell's ``edge_<i>_<j>``), not by a unit count.
+
+    Attributes:
+        names: How those hyperparameters are named, for messages (``edge_<i>_<j>``).
+        expand: Given every declared hyperparameter's possible values (``None`` when too
+            many to list), returns the needs of that graph; raises :class:`SpaceProblem`
+            for a graph that cannot exist (malformed edge names, a disconnected cell).
+    """
+
+    names: tuple[str, ...]
+    expand: Callable[[Mapping[str, tuple | None]], tuple[Need, ...]]
+
+
 @dataclass(frozen=True)
 class Family:
     """A builder family and the hyperparameters it needs.
@@ -65,6 +93,8 @@ class Family:
         check: Raises ``InvalidArchitectureError`` for impossible architectures.
         build: Builds the uncompiled model (softmax output).
         describe: One short line naming the architecture.
+        graph: For graph families (``cell``): the needs that depend on the declared
+            space itself, one per edge of the cell.
     """
 
     name: str
@@ -75,6 +105,7 @@ class Family:
     check: Callable[[Values, Sequence[int]], None]
     build: Callable[[Values, Sequence[int], int], keras.Model]
     describe: Callable[[Values], str]
+    graph: GraphNeeds | None = None
 
 
 #: Keras' default BN momentum (0.99) needs hundreds of steps before the moving statistics
@@ -83,8 +114,8 @@ class Family:
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def _batch_norm():
-    return layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM)
+def _batch_norm(name: str | None = None):
+    return layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=name)
 
 def with_defaults(family: Family, values: Values) -> dict[str, object]:
     """Adds the defaults of optional needs the space does not declare.
@@ -408,5 +439,5 @@ MOBILE_CNN = Family(
     describe=_describe_mobile,
 )
 
-#: Every family a search-space file can name, by ``family`` value.
-FAMILIES: dict[str, Family] = {family.name: family for family in (CNN, MLP, MOBILE_CNN)}
+#: The chain families; ``nasflow.spaces.catalog.FAMILIES`` adds the graph family (``cell``).
+CHAIN_FAMILIES: tuple[Family, ...] = (CNN, MLP, MOBILE_CNN)

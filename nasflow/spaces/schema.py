@@ -24,7 +24,8 @@ import yaml
 
 from nasflow import config
 from nasflow.errors import InvalidArchitectureError, SearchSpaceError
-from nasflow.spaces.families import FAMILIES, Family, Need, with_defaults
+from nasflow.spaces.catalog import FAMILIES
+from nasflow.spaces.families import Family, Need, SpaceProblem, with_defaults
 
 HP_TYPES = ("int", "float", "choice", "boolean", "fixed")
 MODALITIES = ("image", "tabular")
@@ -181,7 +182,7 @@ class SearchSpace:
 
     Attributes:
         name: Name of the space (used in run names and tags).
-        family: Builder family, a key of ``nasflow.spaces.families.FAMILIES``.
+        family: Builder family, a key of ``nasflow.spaces.catalog.FAMILIES``.
         modality: ``image`` or ``tabular``.
         hyperparameters: Every hyperparameter, templates expanded, parents first.
         training: Fixed training settings (``batch_size``, ``optimizer``).
@@ -791,8 +792,11 @@ class _Parser:
         for need in family.needs:
             if not need.per_unit:
                 self.check_global_need(family, need)
+        graph_needs = self.graph_needs(family)
+        for need in graph_needs:
+            self.check_global_need(family, need)
         counts = _small_int_values(self.by_name[family.count]) or ()
-        expected = {need.name for need in family.needs if not need.per_unit}
+        expected = {need.name for need in family.needs if not need.per_unit} | {n.name for n in graph_needs}
         for unit in range(max(counts, default=0)):
             needed = {c for c in counts if c > unit}
             for need in family.needs:
@@ -801,10 +805,25 @@ class _Parser:
                     self.check_unit_need(family, need, unit, needed)
         for spec in self.specs:
             if spec.name not in expected:
-                reads = ", ".join(n.name + ("_<i>" if n.per_unit else "") for n in family.needs)
+                reads = ", ".join(
+                    [n.name + ("_<i>" if n.per_unit else "") for n in family.needs]
+                    + list(family.graph.names if family.graph else ())
+                )
                 raise self.error(
                     f"{self.label(spec.name)}: not used by family '{family.name}' (it reads {reads})"
                 )
+
+    def graph_needs(self, family: Family) -> tuple[Need, ...]:
+        """The needs a graph family reads from the declared graph (a cell's edges); () for others."""
+        if family.graph is None:
+            return ()
+        declared = {spec.name: _listed_values(spec) for spec in self.specs}
+        try:
+            return family.graph.expand(declared)
+        except SpaceProblem as problem:
+            if problem.field in self.by_name:
+                raise self.error(f"{self.label(problem.field)}: {problem}") from None
+            raise self.error(f"family '{family.name}': {problem}") from None
 
     def check_global_need(self, family: Family, need: Need) -> None:
         spec = self.by_name.get(need.name)
@@ -918,6 +937,13 @@ def _numeric_count(spec: HyperparameterSpec) -> int | None:
     else:
         count = (spec.max - spec.min) // spec.step  # type: ignore[operator]
     return int(count) + 1 if math.isfinite(count) else None
+
+
+def _listed_values(spec: HyperparameterSpec) -> tuple | None:
+    """Every value a hyperparameter can take, or None when it is continuous or a wide range."""
+    if spec.type in ("choice", "fixed", "boolean"):
+        return spec._finite_values()
+    return _small_int_values(spec)
 
 
 def _small_int_values(spec: HyperparameterSpec) -> tuple[int, ...] | None:
