@@ -19,9 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from nasflow.errors import SearchSpaceError
+from nasflow.spaces.cell import cell_edges, edge_name
+from nasflow.spaces.schema import load_search_space, resolve_search_space
 
-#: The cell's edges in the order of the benchmark's ``Op0`` .. ``Op5``.
-BENCHMARK_EDGES: tuple[str, ...] = ("edge_0_1", "edge_0_2", "edge_1_2", "edge_0_3", "edge_1_3", "edge_2_3")
+#: The cell's edges in the order of the benchmark's ``Op0`` .. ``Op5``:
+#: ``edge_0_1, edge_0_2, edge_1_2, edge_0_3, edge_1_3, edge_2_3``.
+BENCHMARK_EDGES: tuple[str, ...] = tuple(edge_name(i, j) for i, j in cell_edges(4))
 #: nasflow's operation names -> the benchmark's, for the 5 operations of its space.
 BENCHMARK_OPS: dict[str, str] = {
     "none": "none",
@@ -108,3 +111,30 @@ def cell_values(params: Mapping[str, str]) -> dict[str, str]:
             raise SearchSpaceError(f"Op{index}: {op!r} is not a NAS-Bench-201 operation (expected {', '.join(_TABLE_OPS)})")
         values[edge] = _NASFLOW_OPS[op]
     return values
+
+
+def fixed_cell_space(values: Mapping[str, object], name: str = "nas_bench_201_cell") -> dict:
+    """``nas_bench_201.yaml`` with every edge fixed to one cell: a one-architecture space.
+
+    Training it with ``nasflow run --search-space FILE --max-trials 1`` reruns a table
+    entry of the benchmark as a real model, on the same skeleton the search uses.
+
+    Args:
+        values: The cell's edge values (e.g. from :func:`cell_values`).
+        name: Name of the new space.
+
+    Returns:
+        The space in file form (``yaml.safe_dump`` it to a file).
+
+    Raises:
+        SearchSpaceError: An edge is missing or not a NAS-Bench-201 operation.
+    """
+    ops = cell_values(benchmark_params(values))
+    data = load_search_space(resolve_search_space("nas_bench_201", "image")).to_dict()
+    data["name"] = name
+    data["description"] = f"The NAS-Bench-201 cell {arch_string(values)} on the skeleton of nas_bench_201.yaml."
+    data["hyperparameters"] = [
+        {"name": entry["name"], "type": "fixed", "value": ops[entry["name"]]} if entry["name"] in ops else entry
+        for entry in data["hyperparameters"]
+    ]
+    return data

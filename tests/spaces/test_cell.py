@@ -33,6 +33,7 @@ from nasflow.spaces.nas_bench_201 import (
     arch_string,
     benchmark_params,
     cell_values,
+    fixed_cell_space,
     table_key,
 )
 
@@ -360,3 +361,11 @@ def test_search_records_an_all_none_cell_as_invalid_and_trains_the_other(tmp_pat
     assert "disconnected" in rows["none"]["reason"]
     assert rows["conv_3x3"]["status"] == "COMPLETED"
     assert rows["conv_3x3"]["flops"] > 0 and rows["conv_3x3"]["params"] > 0
+
+
+def test_a_benchmark_cell_becomes_a_one_architecture_space():
+    params = {"Op0": "nor_conv_3x3", "Op1": "none", "Op2": "skip_connect", "Op3": "avg_pool_3x3",
+              "Op4": "nor_conv_1x1", "Op5": "none"}  # fmt: skip
+    space = parse_search_space(fixed_cell_space(cell_values(params), "one_cell"), "one_cell.yaml")
+    assert search_space_size(space) == 1
+    assert benchmark_params(space.active_values({})) == params
