@@ -7,12 +7,13 @@ Usage (a plain module: pytest puts ``tests/`` on ``sys.path``)::
     reason = postgres_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with running_postgres() as dsn:        # postgresql://postgres@127.0.0.1:<port>/mlflow
+    with running_postgres() as dsn:        # postgresql://<user>@127.0.0.1:<port>/mlflow
         ...
 
-``initdb`` refuses to run as root, so the cluster is created and run as the
-``postgres`` system user (``runuser``) in a fresh directory owned by that user, with
-``trust`` authentication on loopback only. Everything is removed at the end.
+``initdb`` refuses to run as root, so as root the cluster is created and run as the
+``postgres`` system user (``runuser``) in a fresh directory owned by that user; any other
+user runs the binaries as itself. ``trust`` authentication on loopback only. Everything
+is removed at the end.
 """
 
 from __future__ import annotations
@@ -36,14 +37,13 @@ def postgres_unavailable_reason() -> str | None:
     missing = [name for name in ("initdb", "pg_ctl", "createdb") if not (PG_BIN / name).is_file()]
     if missing:
         return f"PostgreSQL server binaries {', '.join(missing)} not found in {PG_BIN}"
-    if os.geteuid() != 0:
-        return "starting a PostgreSQL cluster needs root (to run initdb as the postgres user)"
-    try:
-        pwd.getpwnam(PG_USER)
-    except KeyError:
-        return f"there is no {PG_USER!r} system user"
-    if shutil.which("runuser") is None:
-        return "runuser is not installed"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(PG_USER)
+        except KeyError:
+            return f"running as root and there is no {PG_USER!r} system user to run initdb as"
+        if shutil.which("runuser") is None:
+            return "running as root and runuser is not installed"
     try:
         import psycopg  # noqa: F401  (SQLAlchemy 2.1's default driver for postgresql:// URIs)
     except ImportError:
@@ -57,9 +57,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _cluster_user() -> str:
+    """Who owns the cluster: ``postgres`` when we are root (initdb refuses root), else ourselves."""
+    return PG_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+
 def _as_postgres(*command: str | Path, timeout_s: float = 120.0) -> None:
+    prefix = ["runuser", "-u", PG_USER, "--"] if os.geteuid() == 0 else []
     result = subprocess.run(
-        ["runuser", "-u", PG_USER, "--", *map(str, command)],
+        [*prefix, *map(str, command)],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -88,14 +94,16 @@ def running_postgres(base_dir: Path | str | None = None, *, dbname: str = "mlflo
     if reason:
         raise RuntimeError(reason)
     root = Path(tempfile.mkdtemp(prefix="nasflow-pg-", dir=base_dir))
-    entry = pwd.getpwnam(PG_USER)
-    os.chown(root, entry.pw_uid, entry.pw_gid)
+    user = _cluster_user()
+    entry = pwd.getpwnam(user)
+    if os.geteuid() == 0:
+        os.chown(root, entry.pw_uid, entry.pw_gid)
     data, log = root / "data", root / "postgres.log"
     port = _free_port()
     started = False
     try:
         _as_postgres(
-            PG_BIN / "initdb", "-D", data, "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N"
+            PG_BIN / "initdb", "-D", data, "-U", user, "--auth=trust", "-E", "UTF8", "--locale=C", "-N"
         )
         options = f"-k {root} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
         try:
@@ -104,8 +112,8 @@ def running_postgres(base_dir: Path | str | None = None, *, dbname: str = "mlflo
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{error}\n{tail}") from error
         started = True
-        _as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, dbname)
-        yield f"postgresql://{PG_USER}@127.0.0.1:{port}/{dbname}"
+        _as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", user, dbname)
+        yield f"postgresql://{user}@127.0.0.1:{port}/{dbname}"
     finally:
         if started:
             _as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")

@@ -204,7 +204,7 @@ def test_gate_promotes_refuses_and_is_idempotent(server_uri, client):
     assert audit[-1]["champion_version"] == v90 and audit[-1]["champion_metric"] == pytest.approx(0.90)
     assert audit[-1]["candidate_metric"] == pytest.approx(0.95) and audit[-1]["by"] == "carol"
     assert audit[-1]["run_id"] == client.get_model_version(name, v95).run_id
-    assert not client.search_registered_models(f"name LIKE '%{LOCK_SUFFIX}'")
+    assert not client.search_model_versions(f"name = '{name}{LOCK_SUFFIX}'")  # every ticket released
 
 
 def test_gate_errors_name_the_uri(server_uri, client):

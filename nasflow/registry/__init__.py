@@ -17,27 +17,20 @@ Promotion gate
 Concurrency protocol
     MLflow has no compare-and-set on aliases, so two gates running at once could each
     read the old champion and the slower one could overwrite a better model. The gate
-    therefore serializes promotions of one registered model:
+    therefore decides and moves ``champion`` under a per-model lock
+    (:mod:`nasflow.registry.lock`, whose docstring has the full protocol):
 
-    1. **Lock.** It creates a registered model named ``<model>.nasflow-promotion-lock``
-       whose tags hold a random token, the owner and a lease expiry. Creating a
-       registered model is atomic in every SQL backend (the name is a primary key), so
-       exactly one gate wins; the others get ``RESOURCE_ALREADY_EXISTS`` and retry with
-       jittered exponential backoff. A lock whose lease has expired (its holder died) is
-       deleted by the next gate after re-reading that the token is still the stale one.
-       If the create request reached the server but its answer was lost, the gate
-       recognises its own token and proceeds.
-    2. **Decide under the lock.** It re-reads the champion alias and the champion's
-       metric tag, decides, and checks that it still holds an unexpired lease just
-       before moving the alias.
-    3. **Verify.** After moving the alias it waits briefly, re-reads the alias and, if
-       a *worse* version displaced the candidate (which only a broken lock or a client
-       that bypasses the gate can cause), restores the candidate and audits that.
-    4. **Release.** It deletes the lock model if the token is still its own.
+    * a ``postgresql://`` tracking URI: a PostgreSQL advisory lock on the model's key,
+      held on a connection of its own for the whole decide + write + verify;
+    * a ``sqlite:///`` tracking URI: an exclusive transaction on a lock file beside
+      MLflow's database;
+    * an ``http(s)://`` server: a lease whose tickets are versions of the registered
+      model ``<model>.nasflow-promotion-lock`` (the version number is a fencing token),
+      renewed by a background thread, expired only by the server's own timestamps, and
+      fenced immediately before and after the alias write; a gate that finds itself
+      fenced out after writing puts the previous champion back and fails.
 
     Promoting the version that already is champion writes nothing (not even a lock).
-    The transient lock model is visible to ``search_registered_models`` while a
-    promotion runs; its name ends in ``.nasflow-promotion-lock``.
 
 Errors
     An unreachable server, a missing model, version or alias, and a version without

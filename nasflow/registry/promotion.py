@@ -24,7 +24,7 @@ from nasflow.registry._mlflow import (
     resolve_uri,
     tracking_errors,
 )
-from nasflow.registry.lock import assert_lock_held, promotion_lock
+from nasflow.registry.lock import PromotionLock, pause_point, promotion_lock
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ PROMOTION_TAG_PREFIX = "nasflow.promotion."
 
 #: Prefix of the audit tags on the registered model.
 AUDIT_TAG_PREFIX = "nasflow.audit."
-
-
-#: Pause between moving the alias and re-reading it.
-VERIFY_DELAY_S = 0.2
 
 
 #: Metric differences below this count as equal (0.95 - 0.90 is 0.04999999999999993).
@@ -184,37 +180,41 @@ def _record_decision(
     _audit(client, decision.model_name, token, record)
 
 
-def _verify_champion(
-    client: MlflowClient, uri: str, decision: PromotionDecision, metric_name: str, by: str, token: str
+def _move_champion(
+    client: MlflowClient,
+    uri: str,
+    lock: PromotionLock,
+    decision: PromotionDecision,
+    champion: ModelVersion | None,
+    by: str,
 ) -> None:
-    """Re-read the alias after the switch and restore the candidate if a worse version displaced it."""
-    time.sleep(VERIFY_DELAY_S)
-    current = _champion(client, uri, decision.model_name)
-    if current is None or current.version == decision.version:
-        return  # still ours, or someone deliberately removed the alias: not ours to undo
-    current_metric, _ = _version_metric(current, uri, None)
-    if current_metric >= decision.candidate_metric:
-        return  # a version at least as good moved in after us: leave it
+    """Move ``champion`` to the candidate between two fence checks; undo the move if the lock was lost."""
+    lock.fence("before moving champion")
     client.set_registered_model_alias(decision.model_name, CHAMPION_ALIAS, decision.version)
-    logger.warning(
-        "restored %s of %s to version %s after worse version %s displaced it",
-        CHAMPION_ALIAS, decision.model_name, decision.version, current.version,
-    )  # fmt: skip
-    _audit(
-        client,
-        decision.model_name,
-        token,
-        {
-            "event": "restored",
+    try:
+        lock.fence("after moving champion")
+    except TrackingError as lost:
+        current = (_registered_model(client, uri, decision.model_name).aliases or {}).get(CHAMPION_ALIAS)
+        restored = current is not None and str(current) == decision.version
+        if restored:
+            if champion is None:
+                client.delete_registered_model_alias(decision.model_name, CHAMPION_ALIAS)
+            else:
+                client.set_registered_model_alias(decision.model_name, CHAMPION_ALIAS, champion.version)
+        record = {
+            "event": "lost",
             "version": decision.version,
             "candidate_metric": decision.candidate_metric,
-            "displaced_by_version": current.version,
-            "displaced_by_metric": current_metric,
-            "metric_name": metric_name,
+            "restored_version": (decision.champion_version or "none") if restored else None,
+            "reason": str(lost),
             "at": now_iso(),
             "by": by,
-        },
-    )
+        }
+        _audit(client, decision.model_name, lock.token, record)
+        raise TrackingError(
+            f"{lost}; {'restored' if restored else 'left'} {CHAMPION_ALIAS} "
+            f"{'to version ' + str(decision.champion_version) if restored else 'as another gate set it'}"
+        ) from lost
 
 
 def promote(
@@ -280,7 +280,7 @@ def promote(
         champion = _champion(client, uri, model_name)
         if champion is not None and champion.version == candidate.version:
             return already_champion()
-        with promotion_lock(client, uri, model_name, by) as token:
+        with promotion_lock(client, uri, model_name, by) as lock:
             champion = _champion(client, uri, model_name)
             if champion is not None and champion.version == candidate.version:
                 return already_champion()
@@ -298,11 +298,9 @@ def promote(
                 champion_metric=champion_metric,
                 min_improvement=min_improvement,
             )
+            pause_point("decided")
             if promoted:
-                assert_lock_held(client, uri, model_name, token)
-                client.set_registered_model_alias(model_name, CHAMPION_ALIAS, decision.version)
-            _record_decision(client, decision, candidate, candidate_metric_name, by, token)
-            if promoted:
-                _verify_champion(client, uri, decision, candidate_metric_name, by, token)
+                _move_champion(client, uri, lock, decision, champion, by)
+            _record_decision(client, decision, candidate, candidate_metric_name, by, lock.token)
     logger.info("promotion of %s version %s: %s", model_name, decision.version, decision.reason)
     return decision
