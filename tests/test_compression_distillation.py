@@ -12,8 +12,7 @@ def digits():
     return digits_splits(1400)
 
 
-@pytest.fixture(scope="module")
-def teacher(digits):
+def _trained_teacher(x, y):
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [
@@ -26,8 +25,13 @@ def teacher(digits):
         ]
     )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(digits.x_train, digits.y_train, epochs=6, batch_size=32, verbose=0)
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
     return model
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    return _trained_teacher(digits.x_train, digits.y_train)
 
 
 def test_width_scaled_copy_scales_hidden_layers_only(teacher):
@@ -78,3 +82,20 @@ def test_student_without_softmax_is_rejected(teacher, digits):
 
     with pytest.raises(CompressionError, match="softmax"):
         distill(teacher, digits, student=builder, epochs=1)
+
+
+def test_a_pure_distillation_learns_the_teacher_not_the_labels(digits):
+    # A teacher that learned a shifted labelling (digit k is called k + 1). With the label
+    # loss weighted 0 only the teacher's soft labels can teach the student, so it must learn
+    # the shift; its scratch twin (same start, labels only) learns the true labels instead.
+    liar = _trained_teacher(digits.x_train, (digits.y_train + 1) % 10)
+    result = distill(liar, digits, width=0.5, epochs=4, student_loss_weight=0.0)
+
+    teacher_says = np.argmax(liar.predict(digits.x_test, verbose=0), axis=-1)
+
+    def agreement(model) -> float:
+        return float(np.mean(np.argmax(model.predict(digits.x_test, verbose=0), axis=-1) == teacher_says))
+
+    assert agreement(result.student) > 0.4, "the distilled student did not learn from the teacher"
+    assert agreement(result.scratch_student) < 0.2
+    assert result.student_accuracy < 0.3 < result.scratch_accuracy

@@ -74,6 +74,7 @@ def test_compress_model_end_to_end(trained, tmp_path):
         content = Path(row.path).read_bytes()
         assert len(content) == row.size_bytes and row.gzip_bytes < row.size_bytes
         assert row.accuracy == pytest.approx(LiteRTModel(content).accuracy(data.x_test, data.y_test))
+        assert row.val_accuracy == pytest.approx(LiteRTModel(content).accuracy(data.x_val, data.y_val))
         assert 0 < row.latency_p50_ms <= row.latency_p95_ms
     pruned, chained = report.result("magnitude_prune"), report.result("magnitude_prune+int8")
     assert pruned.sparsity == pytest.approx(0.8, abs=0.01) and chained.sparsity == pruned.sparsity

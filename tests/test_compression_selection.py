@@ -4,12 +4,14 @@ from nasflow.compression.selection import VariantResult, select_variant
 from nasflow.errors import CompressionError
 
 
-def result(name, accuracy, size, latency):
+def result(name, accuracy, size, latency, test_accuracy=None):
+    """A measured variant; ``accuracy`` is its validation accuracy (what selection uses)."""
     return VariantResult(
         name=name,
         technique="t",
         path=f"{name}.tflite",
-        accuracy=accuracy,
+        val_accuracy=accuracy,
+        accuracy=accuracy if test_accuracy is None else test_accuracy,
         size_bytes=size,
         gzip_bytes=size // 2,
         latency_p50_ms=latency,
@@ -56,6 +58,29 @@ def test_none_qualifies_reason_names_the_closest():
     name, reason = select_variant(BASE, [TINY_BAD], 1.0, "size")
     assert name == "float32"
     assert "none of 1" in reason and "magnitude_prune+int8 drops 3.00 points" in reason
+
+
+def test_validation_decides_and_test_accuracy_does_not():
+    # int8 looks lossless on the test split but loses 2 points on validation; float16 is the
+    # other way round. Choosing on the test split (the old behaviour) would ship int8.
+    baseline = result("float32", 0.95, 100_000, 1.0, test_accuracy=0.95)
+    int8 = result("int8", 0.93, 25_000, 1.0, test_accuracy=0.95)
+    float16 = result("float16", 0.95, 50_000, 1.0, test_accuracy=0.90)
+    name, reason = select_variant(baseline, [int8, float16], max_accuracy_drop=1.0, prefer="size")
+    assert name == "float16", reason
+    assert "1 of 2" in reason and "validation accuracy 95.00%" in reason
+
+    # Any test accuracies at all leave the choice unchanged.
+    for test_accuracies in ([0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.5, 0.99, 0.2]):
+        for row, test_accuracy in zip((baseline, int8, float16), test_accuracies, strict=True):
+            row.accuracy = test_accuracy
+        assert select_variant(baseline, [int8, float16], 1.0, "size")[0] == "float16"
+
+
+def test_a_variant_without_validation_accuracy_is_refused():
+    unmeasured = VariantResult("int8", "t", "int8.tflite", 0.9, 1, 1, 1.0, 1.0, 1, 0.0)
+    with pytest.raises(CompressionError, match="no validation accuracy"):
+        select_variant(BASE, [unmeasured], 1.0, "size")
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,11 @@
 """Produce compression variants of a trained model, measure them on LiteRT, pick one.
 
 Every variant, and the float32 baseline, is converted to TFLite and measured the same
-way (test accuracy, file and gzipped size, single-thread batch-1 latency) on the runtime
-that serves it, so the numbers in one report are comparable with each other.
+way (validation and test accuracy, file and gzipped size, single-thread batch-1 latency)
+on the runtime that serves it, so the numbers in one report are comparable with each
+other. The choice uses validation accuracy only; test accuracy is reported for every
+variant and decides nothing, so the chosen variant's test accuracy (the promotion
+metric) is not biased by the choice.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import gzip
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from nasflow.compression.selection import (
     accuracy_drop_points,
     check_preference,
     select_variant,
+    validation_drop_points,
 )
 from nasflow.compression.structured import structured_prune
 from nasflow.errors import CompressionError
@@ -60,6 +64,7 @@ _CSV_FIELDS = (
     "name",
     "technique",
     "path",
+    "val_accuracy",
     "accuracy",
     "size_bytes",
     "gzip_bytes",
@@ -159,19 +164,20 @@ class CompressionReport:
         """A Markdown table with ratios against the baseline and the selection."""
         base = self.baseline
         lines = [
-            "| variant | technique | accuracy | drop (pts) | size KiB | size × | gzip KiB | gzip × | p50 ms | p95 ms | speed-up | params | sparsity |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| variant | technique | val accuracy | val drop (pts) | test accuracy | test drop (pts) | size KiB | size × | gzip KiB | gzip × | p50 ms | p95 ms | speed-up | params | sparsity |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in self.rows:
             marker = " **(selected)**" if row.name == self.selected else ""
             lines.append(
-                f"| {row.name}{marker} | {row.technique} | {row.accuracy:.2%} | {accuracy_drop_points(base, row):.2f} "
+                f"| {row.name}{marker} | {row.technique} | {row.val_accuracy:.2%} | {validation_drop_points(base, row):.2f} "
+                f"| {row.accuracy:.2%} | {accuracy_drop_points(base, row):.2f} "
                 f"| {row.size_bytes / 1024:.1f} | {base.size_bytes / row.size_bytes:.2f} "
                 f"| {row.gzip_bytes / 1024:.1f} | {base.gzip_bytes / row.gzip_bytes:.2f} "
                 f"| {row.latency_p50_ms:.3f} | {row.latency_p95_ms:.3f} | {base.latency_p50_ms / row.latency_p50_ms:.2f} "
                 f"| {row.params:,} | {row.sparsity:.1%} |"
             )
-        lines += ["", f"**Selected:** {self.reason}"]
+        lines += ["", f"**Selected** (on validation accuracy; test accuracy decides nothing): {self.reason}"]
         notes = sorted({row.details["qat"] for row in self.rows if "qat" in row.details})
         lines += [f"\nNote: {note}." for note in notes]
         return "\n".join(lines) + "\n"
@@ -193,7 +199,7 @@ def measure_tflite(
         technique: Technique label.
         model_content: The flatbuffer.
         keras_model: The Keras model it was converted from (for params and sparsity).
-        data: Object with ``x_test`` and ``y_test``.
+        data: Object with ``x_val, y_val, x_test, y_test``.
         output_dir: Folder for the file.
         details: Technique-specific facts to keep.
 
@@ -203,11 +209,13 @@ def measure_tflite(
     path = Path(output_dir) / f"{name.replace('+', '-')}.tflite"
     path.write_bytes(model_content)
     latency = measure_latency(model_content, np.asarray(data.x_test[:1], dtype=np.float32))
+    interpreter = LiteRTModel(model_content)
     return VariantResult(
         name=name,
         technique=technique,
         path=str(path),
-        accuracy=LiteRTModel(model_content).accuracy(data.x_test, data.y_test),
+        accuracy=interpreter.accuracy(data.x_test, data.y_test),
+        val_accuracy=interpreter.accuracy(data.x_val, data.y_val),
         size_bytes=len(model_content),
         gzip_bytes=len(gzip.compress(model_content, 9)),
         latency_p50_ms=latency.p50_ms,
@@ -253,6 +261,7 @@ def compress_model(
     student_width: float = 0.5,
     distill_epochs: int | None = None,
     seed: int = 42,
+    on_variant: Callable[[int, int, str, VariantResult | None, str], None] | None = None,
 ) -> CompressionReport:
     """Build the requested variants, measure each and the float32 baseline on LiteRT, select one.
 
@@ -262,10 +271,11 @@ def compress_model(
 
     Args:
         model: The trained Keras classifier (softmax output); it is not modified.
-        data: Object with ``x_train, y_train, x_test, y_test`` (``x_val``/``y_val`` unused).
+        data: Object with ``x_train, y_train, x_val, y_val, x_test, y_test``; the choice
+            uses only ``x_val``/``y_val``.
         output_dir: Folder for the files (created if missing).
         variants: Names from :data:`VARIANTS`.
-        max_accuracy_drop: Largest acceptable test-accuracy loss, in percentage points.
+        max_accuracy_drop: Largest acceptable validation-accuracy loss, in percentage points.
         prefer: ``"size"``, ``"gzip_size"`` or ``"latency"``.
         fine_tune_epochs: Fine-tuning epochs of magnitude and structured pruning.
         target_sparsity: Final sparsity of magnitude pruning.
@@ -274,6 +284,8 @@ def compress_model(
         distill_epochs: Epochs of the distilled and the scratch student; default
             ``3 * fine_tune_epochs``.
         seed: Seed of every training run and of the int8 calibration draw.
+        on_variant: Called as each model is measured or skipped, with
+            ``(done, total, name, result or None, skip reason)`` (live progress).
 
     Returns:
         The report; also written to ``output_dir``.
@@ -296,9 +308,16 @@ def compress_model(
         "seed": seed,
     }
     baseline = measure_tflite("float32", "baseline", convert_keras_model(model, "float32"), model, data, output_dir)
-    derived: dict[str, tuple[object, dict] | CompressionError] = {}
-    results = []
+    total = 1 + len(names)
+
+    def report_progress(name: str, result: VariantResult | None, reason: str = "") -> None:
+        if on_variant is not None:
+            on_variant(1 + len(results) + len(skipped), total, name, result, reason)
+
+    results: list = []
     skipped: dict[str, str] = {}
+    report_progress("float32", baseline)
+    derived: dict[str, tuple[object, dict] | CompressionError] = {}
     for name in names:
         step, mode = plans[name]
         source, details = model, {}
@@ -321,8 +340,10 @@ def compress_model(
             # One technique not applying to this architecture must not cost the others.
             logger.warning("variant %s skipped: %s", name, error)
             skipped[name] = str(error)
+            report_progress(name, None, str(error))
             continue
         results.append(measure_tflite(name, technique_of(name), content, source, data, output_dir, details))
+        report_progress(name, results[-1])
     selected, reason = select_variant(baseline, results, max_accuracy_drop, prefer)
     report = CompressionReport(baseline=baseline, variants=results, selected=selected, reason=reason, skipped=skipped)
     csv_name, markdown_name, json_name = REPORT_FILES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from nasflow.errors import CompressionError
@@ -22,7 +23,7 @@ class VariantResult:
         name: Variant name (``"float32"`` for the baseline, e.g. ``"magnitude_prune+int8"``).
         technique: What produced it, e.g. ``"quantization"`` or ``"magnitude_pruning+quantization"``.
         path: The ``.tflite`` file written for it.
-        accuracy: Test accuracy through LiteRT, in [0, 1].
+        accuracy: Test accuracy through LiteRT, in [0, 1]: reported, never used to choose.
         size_bytes: Size of the flatbuffer.
         gzip_bytes: Size after ``gzip.compress(..., 9)``.
         latency_p50_ms: Median batch-1 latency, one thread.
@@ -30,6 +31,7 @@ class VariantResult:
         params: Parameter count of the Keras model that was converted.
         sparsity: Fraction of exactly-zero weights in its Conv/Dense kernels.
         details: Technique-specific facts (per-layer sparsity, scratch-student accuracy, QAT reason, ...).
+        val_accuracy: Validation accuracy through LiteRT: what :func:`select_variant` decides on.
     """
 
     name: str
@@ -43,6 +45,7 @@ class VariantResult:
     params: int
     sparsity: float
     details: dict = field(default_factory=dict)
+    val_accuracy: float = float("nan")
 
     def to_dict(self) -> dict:
         """Plain-dict form (JSON-serializable when ``details`` is)."""
@@ -50,8 +53,20 @@ class VariantResult:
 
 
 def accuracy_drop_points(baseline: VariantResult, variant: VariantResult) -> float:
-    """Accuracy lost by ``variant`` relative to ``baseline``, in percentage points."""
+    """Test accuracy lost by ``variant`` relative to ``baseline``, in percentage points (reported only)."""
     return baseline.accuracy * 100 - variant.accuracy * 100
+
+
+def validation_drop_points(baseline: VariantResult, variant: VariantResult) -> float:
+    """Validation accuracy lost by ``variant`` relative to ``baseline``, in percentage points.
+
+    Raises:
+        CompressionError: A result has no validation accuracy (``nan``).
+    """
+    for result in (baseline, variant):
+        if not math.isfinite(result.val_accuracy):
+            raise CompressionError(f"variant {result.name} has no validation accuracy; selection needs one")
+    return baseline.val_accuracy * 100 - variant.val_accuracy * 100
 
 
 def check_preference(prefer: str) -> str:
@@ -67,9 +82,11 @@ def select_variant(
     max_accuracy_drop: float = 1.0,
     prefer: str = "size",
 ) -> tuple[str, str]:
-    """Pick the variant to ship: the best on ``prefer`` among those accurate enough.
+    """Pick the variant to ship: the best on ``prefer`` among those accurate enough on validation data.
 
-    A variant qualifies when ``baseline.accuracy*100 - variant.accuracy*100 <= max_accuracy_drop``
+    Only validation accuracy decides (the test set stays untouched by the choice, so the
+    chosen variant's test accuracy is an unbiased estimate). A variant qualifies when
+    ``baseline.val_accuracy*100 - variant.val_accuracy*100 <= max_accuracy_drop``
     (compared after rounding to 1e-6 points, so a drop of exactly the threshold qualifies
     despite float error). Among qualifying variants the one with the lowest ``prefer``
     metric wins (ties: smaller file, then lower latency, then name). The float32 baseline
@@ -78,7 +95,7 @@ def select_variant(
     Args:
         baseline: The float32 TFLite model.
         variants: Compressed variants measured the same way.
-        max_accuracy_drop: Largest acceptable accuracy loss in percentage points.
+        max_accuracy_drop: Largest acceptable validation-accuracy loss in percentage points.
         prefer: ``"size"``, ``"gzip_size"`` or ``"latency"``.
 
     Returns:
@@ -92,13 +109,13 @@ def select_variant(
         raise CompressionError(f"max_accuracy_drop must be >= 0 points, got {max_accuracy_drop}")
     if not variants:
         return baseline.name, f"no compressed variants were measured; keeping {baseline.name}"
-    qualifying = [v for v in variants if round(accuracy_drop_points(baseline, v), 6) <= max_accuracy_drop]
+    qualifying = [v for v in variants if round(validation_drop_points(baseline, v), 6) <= max_accuracy_drop]
     if not qualifying:
-        closest = min(variants, key=lambda v: accuracy_drop_points(baseline, v))
+        closest = min(variants, key=lambda v: validation_drop_points(baseline, v))
         return baseline.name, (
             f"none of {len(variants)} variants is within a {max_accuracy_drop:g}-point drop of {baseline.name} "
-            f"accuracy {baseline.accuracy:.2%} (closest: {closest.name} drops "
-            f"{accuracy_drop_points(baseline, closest):.2f} points); keeping {baseline.name}"
+            f"validation accuracy {baseline.val_accuracy:.2%} (closest: {closest.name} drops "
+            f"{validation_drop_points(baseline, closest):.2f} points); keeping {baseline.name}"
         )
     best = min(qualifying, key=lambda v: (getattr(v, metric), v.size_bytes, v.latency_p50_ms, v.name))
     best_value, baseline_value = getattr(best, metric), getattr(baseline, metric)
@@ -111,5 +128,6 @@ def select_variant(
     return best.name, (
         f"{best.name}: {label} among {len(qualifying)} of {len(variants)} variants within a {max_accuracy_drop:g}-point drop "
         f"({best_value:.4g} {unit} vs {baseline_value:.4g} {unit} for {baseline.name}, {baseline_value / best_value:.2f}x); "
-        f"accuracy {best.accuracy:.2%} vs {baseline.accuracy:.2%} (drop {accuracy_drop_points(baseline, best):.2f} points)"
+        f"validation accuracy {best.val_accuracy:.2%} vs {baseline.val_accuracy:.2%} "
+        f"(drop {validation_drop_points(baseline, best):.2f} points)"
     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasflow import tracking
+from nasflow import progress, tracking
 from nasflow.steps._common import user_errors
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ def compress_step(
     fine_tune_epochs: int = 2,
 ) -> dict[str, Any]:
     """Produce, measure and select compressed variants; one MLflow child run each.
+
+    The choice is made on validation accuracy; each variant's test accuracy is logged
+    for the report and the chosen one's becomes the promotion metric (register step).
 
     Returns:
         ``{"selected": name, "reason": str, "markdown": table, "metrics": {...}}``.
@@ -50,6 +53,7 @@ def compress_step(
         prefer=prefer,
         fine_tune_epochs=fine_tune_epochs,
         seed=seed,
+        on_variant=_show_variant,
     )
     for variant in [report.baseline, *report.variants]:
         with tracking.child_run(
@@ -58,6 +62,7 @@ def compress_step(
             run.log_params({"variant": variant.name, "technique": variant.technique})
             run.log_metrics(
                 {
+                    "val_accuracy": variant.val_accuracy,
                     "test_accuracy": variant.accuracy,
                     "size_bytes": variant.size_bytes,
                     "gzip_bytes": variant.gzip_bytes,
@@ -81,8 +86,19 @@ def compress_step(
     metrics = {
         "baseline_accuracy": report.baseline.accuracy,
         "baseline_size_bytes": float(report.baseline.size_bytes),
+        "selected_val_accuracy": selected.val_accuracy,
         "selected_accuracy": selected.accuracy,
         "selected_size_bytes": float(selected.size_bytes),
         "selected_latency_p50_ms": selected.latency_p50_ms,
     }
     return {"selected": report.selected, "reason": report.reason, "markdown": report.to_markdown(), "metrics": metrics}
+
+
+def _show_variant(done: int, total: int, name: str, result, reason: str) -> None:
+    """One progress line per measured (or skipped) compression variant."""
+    if result is None:
+        progress.emit(f"variant {done}/{total}  {name}  skipped - {' '.join(reason.split())[:80]}")
+        return
+    progress.emit(
+        progress.variant_line(done, total, name, result.accuracy, result.size_bytes, result.latency_p50_ms)
+    )

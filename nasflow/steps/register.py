@@ -48,6 +48,7 @@ def register_step(
         serve=serve,
         model_name=model_name,
         test_metric_name="test_accuracy",
+        # The variant was chosen on validation accuracy, so its test accuracy is unbiased.
         test_metric_value=float(selected["accuracy"]),
         input_example=data.x_test[:5],
         run_id=parent_run_id,
@@ -63,6 +64,7 @@ def register_step(
             {
                 "name": v["name"],
                 "accuracy": v["accuracy"],
+                "val_accuracy": v.get("val_accuracy"),
                 "size_bytes": v["size_bytes"],
                 "latency_p50_ms": v["latency_p50_ms"],
             }
@@ -77,8 +79,18 @@ def register_step(
         "tracking_uri": uri,
         "parent_run_id": parent_run_id,
     }
+    parent = tracking.open_parent(uri, parent_run_id)
+    # The links of the summary need the experiment; the headline metrics of the parent run
+    # (beside test_accuracy) are what the registered variant costs.
+    summary["experiment_id"] = parent.cached_run().info.experiment_id
+    parent.log_metrics(
+        {
+            "selected.test_accuracy": float(selected["accuracy"]),
+            "selected.size_kb": float(selected["size_bytes"]) / 1024.0,
+            "selected.latency_p50_ms": float(selected["latency_p50_ms"]),
+        }
+    )
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
     Path(summary_path).write_text(json.dumps(summary, indent=2))
-    parent = tracking.open_parent(uri, parent_run_id)
     log_named(parent, summary_path, "summary.json", "")
     return summary
