@@ -172,18 +172,15 @@ def test_costs_without_latency():
     assert costs.size_bytes > 0
 
 
-def test_latency_is_repeatable():
-    """Back-to-back medians of the same model agree within 10% (up to 3 tries, for shared CPUs)."""
+def test_latency_times_the_requested_invocations():
+    """How many runs are timed follows the settings (how long they take is a benchmark's business)."""
     flatbuffer = convert_keras_model(conv_model(), "float32")
     sample = np.random.default_rng(1).random((28, 28, 1), dtype=np.float32)
-    gaps = []
-    for _ in range(3):
-        first = measure_latency(flatbuffer, sample).p50_ms
-        second = measure_latency(flatbuffer, sample).p50_ms
-        gaps.append(abs(first - second) / min(first, second))
-        if gaps[-1] < 0.10:
-            break
-    assert min(gaps) < 0.10, gaps
+    exact = measure_latency(flatbuffer, sample, warmup=1, repeats=7, min_seconds=0)
+    assert exact.repeats == 7 and 0 < exact.p50_ms <= exact.p95_ms
+    # A batch axis of 1 is accepted; a duration floor no tiny model reaches stops at 20x repeats.
+    capped = measure_latency(flatbuffer, sample[np.newaxis], warmup=0, repeats=3, min_seconds=3600)
+    assert capped.repeats == 60 and 0 < capped.p50_ms <= capped.p95_ms
 
 
 def test_candidate_costs_are_frozen():

@@ -142,11 +142,9 @@ def test_a_worker_whose_chief_is_gone_exits_instead_of_waiting_an_hour(tmp_path,
     port = free_port()  # nothing listens: the chief is gone
     env = dict(os.environ, KERASTUNER_TUNER_ID="tuner0", KERASTUNER_ORACLE_IP="127.0.0.1",
                KERASTUNER_ORACLE_PORT=str(port), NASFLOW_ORACLE_TIMEOUT_S="2")  # fmt: skip
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "nasflow.cluster.worker", "--spec", str(spec.save(tmp_path / "spec.json")), "--role", "worker"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"nasflow: the chief oracle at 127.0.0.1:{port} did not answer within 2 s" in result.stdout.splitlines()
-    assert time.monotonic() - started < 60
