@@ -205,10 +205,10 @@ def start_parent_run(
 
 def find_parent_run(client, experiment_id: str, pipeline_job_id: str) -> str | None:
     """The parent run tagged with this pipeline job id, if any."""
+    # Nested runs carry the job id too: only the role tag tells the parent from its (many) children.
+    query = f"tags.`{PIPELINE_JOB_TAG}` = '{pipeline_job_id}' and tags.`{ROLE_TAG}` = 'pipeline'"
     runs = with_retry(
-        lambda: client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PIPELINE_JOB_TAG}` = '{pipeline_job_id}'", max_results=5
-        ),
+        lambda: client.search_runs([experiment_id], filter_string=query, max_results=5),
         "find parent run",
     )
     parents = [run for run in runs if PARENT_TAG not in run.data.tags]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from nasflow import faults
 from nasflow.errors import SearchError
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def train_final_model(
     patience: int = 3,
     use_gpu: bool = True,
     epoch_callback=None,
+    after_backup=None,
 ) -> TrainResult:
     """Train the architecture given by ``values`` and evaluate it on the test split.
 
@@ -95,6 +97,9 @@ def train_final_model(
         patience: Early-stopping patience in epochs.
         use_gpu: Use a visible GPU (mixed precision, several GPUs mirrored); CPU otherwise.
         epoch_callback: Optional ``callable(epoch, logs)`` (e.g. MLflow logging).
+        after_backup: Optional ``callable(backup_dir)`` run after each epoch's backup is
+            written (e.g. copy it where a retried task finds it); a fresh ``output_dir``
+            resumes when its ``checkpoints`` folder is restored from that copy first.
 
     Returns:
         The result with the path to the saved ``.keras`` model.
@@ -129,6 +134,14 @@ def train_final_model(
     ]
     if epoch_callback is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=epoch_callback))
+
+    def backed_up(epoch, logs=None):
+        if after_backup is not None:
+            after_backup(output_dir / "checkpoints")
+        faults.kill_point("train-epoch", epoch)
+
+    # After BackupAndRestore in the list: Keras calls callbacks in order, so the backup exists.
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=backed_up))
     history = model.fit(
         x_fit,
         y_fit,

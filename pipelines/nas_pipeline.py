@@ -18,6 +18,8 @@ from nasflow.config import (
 
 PIPELINE_NAME = "nasflow-nas"
 GPU_ACCELERATOR = "nvidia.com/gpu"
+#: Retries of the search and train tasks (a killed pod, a lost node); each resumes where it stopped.
+RETRIES, RETRY_BACKOFF = 2, "30s"
 
 
 def _cluster_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -196,8 +198,9 @@ def nas_pipeline(
                 trials_per_process=trials_per_process,
             )
         )
+        # A retry resumes: the search state and the training backup are kept in the parent run.
         searched.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(
-            num_retries=2, backoff_duration="30s"
+            num_retries=RETRIES, backoff_duration=RETRY_BACKOFF
         )
         # As the chief of a distributed search it owns the worker Job (garbage-collected
         # with this pod) and is what the NetworkPolicy lets the workers reach.
@@ -232,7 +235,7 @@ def nas_pipeline(
             gpu_trained = _cluster_settings(train(use_gpu=True, **train_args))
             gpu_trained.set_caching_options(False).set_accelerator_type(
                 GPU_ACCELERATOR
-            ).set_accelerator_limit(1)
+            ).set_accelerator_limit(1).set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF)
             gpu_trained.set_memory_request("8G")
             kubernetes.add_toleration(
                 gpu_trained, key=GPU_ACCELERATOR, operator="Exists", effect="NoSchedule"
@@ -241,5 +244,7 @@ def nas_pipeline(
             _compress_and_register(gpu_trained, **after_training)
         with dsl.Else(name="cpu-training"):
             cpu_trained = _cluster_settings(train(use_gpu=False, **train_args))
-            cpu_trained.set_caching_options(False).set_cpu_request("2").set_memory_request("4G")
+            cpu_trained.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(
+                num_retries=RETRIES, backoff_duration=RETRY_BACKOFF
+            )
             _compress_and_register(cpu_trained, **after_training)

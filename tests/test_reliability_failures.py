@@ -83,3 +83,42 @@ def test_zero_successful_trials_fail_instead_of_choosing(digits, parent, tmp_pat
     run_search(digits, space, SearchSettings("random", max_trials=2, epochs=1, seed=11), parent=parent, work_dir=tmp_path)
     with pytest.raises(SearchError, match=r"no trial completed within the constraints \(2 failed\)"):
         choose_best(collect_trials(parent))
+
+
+#: On 8x8 digits a fourth 2x2 max-pool has nothing left to pool: 4 and 5 blocks are invalid,
+#: which with the per-block filter choices is 48 of the space's 56 architectures.
+MOSTLY_INVALID = {
+    "name": "mostly-too-deep",
+    "family": "cnn",
+    "modality": "image",
+    "hyperparameters": [
+        {"name": "num_blocks", "type": "int", "min": 3, "max": 5},
+        {"repeat": {"count": "num_blocks", "hyperparameters": [
+            {"name": "filters", "type": "choice", "values": [4, 8]},
+            {"name": "kernel_size", "type": "fixed", "value": 3},
+        ]}},
+        {"name": "pooling", "type": "fixed", "value": "flatten"},
+        {"name": "dense_units", "type": "fixed", "value": 0},
+        {"name": "learning_rate", "type": "fixed", "value": 0.01},
+    ],
+}  # fmt: skip
+
+
+def test_invalid_candidates_are_not_failures_and_never_stop_the_search(digits, parent, tmp_path):
+    from nasflow.search.selection import summarize_rows
+    from nasflow.search.settings import INVALID_SCORE
+    from nasflow.spaces.schema import parse_search_space
+
+    settings = SearchSettings("random", max_trials=10, epochs=1, seed=5, max_consecutive_failed_trials=5)
+    tuner = run_search(digits, parse_search_space(MOSTLY_INVALID), settings, parent=parent, work_dir=tmp_path)
+    rows = collect_trials(parent)
+    statuses = "".join("I" if row["status"] == "INVALID" else "c" for row in rows)
+    assert "I" * 6 in statuses, f"more invalid candidates in a row than the failure limit: {statuses}"
+    assert len(rows) == 10, "the search went on to max_trials"
+    summary = summarize_rows(rows)
+    assert summary["trials_failed"] == 0 and summary["trials_invalid"] == statuses.count("I")
+    # The strategy saw a (very low) score for each invalid candidate: a signal to learn from.
+    invalid_ids = [row["trial_id"] for row in rows if row["status"] == "INVALID"]
+    assert {tuner.oracle.trials[trial_id].score for trial_id in invalid_ids} == {INVALID_SCORE}
+    assert all(parent.client.get_run(row["mlflow_run_id"]).info.status == "FINISHED" for row in rows)
+    assert choose_best(rows).best_row["values"]["num_blocks"] == 3

@@ -1,66 +1,122 @@
-"""A search killed with SIGKILL at any moment resumes under the same run identity.
+"""A search SIGKILLed at any moment resumes: every registered strategy x three kill points.
 
-Kill points: during the first trial, between trials, during the last trial (random
-search), and during a Hyperband trial. After the restart: every requested trial ran
-exactly once to the end, the interrupted attempt is KILLED (not RUNNING) and linked
-to its re-run, and the choice is the best of the finished trials.
+One search per strategy is killed three times, each time by a real SIGKILL of its own
+process (:mod:`nasflow.faults`), and each attempt starts in a fresh folder, as a retried
+pod does, restoring the state from the parent run's artifacts:
+
+1. during trial 1 (its MLflow run is open, nothing of it is saved);
+2. inside the end-of-trial state write of trial 2 (``trial.json`` says COMPLETED, half of
+   the new ``oracle.json`` is written);
+3. between trials, after trial 2's end is saved and copied, before trial 3 starts.
+
+After the fourth attempt: exactly ``max_trials`` trials, each with one finished run, the
+two interrupted runs KILLED and each linked from its re-run, nothing RUNNING, nothing of
+the between-trials kill left behind. The trials are synthetic (no training) so that the
+matrix costs seconds; tuner, oracle, state and MLflow records are the product's.
 """
 
 from __future__ import annotations
 
 import json
-import signal
+from pathlib import Path
 
 import pytest
-from search_process import start, trial_runs, wait_for
+from search_harness import run_attempt, trial_runs
+
+from nasflow.search.strategies import STRATEGIES
 
 pytestmark = pytest.mark.slow
 
-
-def _status(uri, root):
-    return [(run.data.tags.get("nasflow.trial_id"), run.info.status) for run in trial_runs(uri, root)]
-
-
-KILL_POINTS = {
-    # (strategy, max_trials, epochs, predicate over [(trial_id, status)])
-    "during-first-trial": ("random", 3, 1, lambda runs: ("0", "RUNNING") in runs),
-    "between-trials": ("random", 3, 1, lambda runs: ("0", "FINISHED") in runs or ("0", "FAILED") in runs),
-    "during-last-trial": ("random", 3, 1, lambda runs: ("2", "RUNNING") in runs),
-    "hyperband-during-a-trial": ("hyperband", 4, 3, lambda runs: ("1", "RUNNING") in runs),
-}
+KILLS = "trial@1,state-write@2,between-trials@3"
+MAX_TRIALS = 4
 
 
-@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
-def test_search_resumes_after_sigkill(tmp_path, kill_point):
-    strategy, max_trials, epochs, reached = KILL_POINTS[kill_point]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = start(tmp_path, uri, strategy, max_trials, epochs)
-    try:
-        wait_for(lambda: reached(_status(uri, tmp_path)), process=first)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('resume-store') / 'mlflow.db'}"
 
-    second = start(tmp_path, uri, strategy, max_trials, epochs)
-    assert second.wait(timeout=300) == 0, (tmp_path / "search-1.log").read_text()[-2000:]
 
-    runs = trial_runs(uri, tmp_path)
+def _runs_by_status(uri: str, root: Path) -> list[tuple[str, str]]:
+    runs = sorted(trial_runs(uri, root), key=lambda run: run.info.start_time)
+    return [(run.data.tags["nasflow.trial_id"], run.info.status) for run in runs]
+
+
+def _kill_three_times_and_finish(uri: str, root: Path, strategy: str, state_dir: str = "") -> dict[str, str]:
+    """Run the four attempts, checking what each kill left; returns the run ids ended before the last."""
+    assert run_attempt(root, uri, strategy, MAX_TRIALS, fault=KILLS, state_dir=state_dir) == -9
+    assert _runs_by_status(uri, root) == [("0", "FINISHED"), ("1", "RUNNING")], "killed during trial 1"
+
+    assert run_attempt(root, uri, strategy, MAX_TRIALS, fault=KILLS, state_dir=state_dir) == -9
+    project = Path(state_dir or root / "attempt-1") / "search"
+    oracle = json.loads((project / "oracle.json").read_text())  # intact: the version before the kill
+    assert "2" not in oracle["end_order"], "trial 2's end was never committed"
+    assert json.loads((project / "trial_2" / "trial.json").read_text())["status"] == "COMPLETED"
+    assert list(project.glob(".oracle.json.*.tmp")), "the half-written oracle.json is a temp file"
+
+    assert run_attempt(root, uri, strategy, MAX_TRIALS, fault=KILLS, state_dir=state_dir) == -9
+    before_last = {
+        run.data.tags["nasflow.trial_id"]: run.info.run_id
+        for run in trial_runs(uri, root)
+        if run.info.status == "FINISHED"
+    }
+    assert sorted(before_last) == ["0", "1", "2"], "killed after trial 2 ended, before trial 3 started"
+    assert ("3", "RUNNING") not in _runs_by_status(uri, root)
+
+    assert run_attempt(root, uri, strategy, MAX_TRIALS, fault=KILLS, state_dir=state_dir) == 0
+    return before_last
+
+
+def _check_final_state(uri: str, root: Path, before_last: dict[str, str]) -> None:
+    runs = trial_runs(uri, root)
     ended = [run for run in runs if run.info.status in ("FINISHED", "FAILED")]
-    ended_ids = [run.data.tags["nasflow.trial_id"] for run in ended]
-    assert sorted(ended_ids) == sorted({*ended_ids}), "no trial has two finished runs"
-    assert len(ended_ids) == max_trials, "the total equals the requested count"
+    ended_ids = sorted(run.data.tags["nasflow.trial_id"] for run in ended)
+    assert ended_ids == [str(n) for n in range(MAX_TRIALS)], "each trial ended exactly once"
     assert not [run for run in runs if run.info.status == "RUNNING"], "nothing is left RUNNING"
-    killed = {run.info.run_id for run in runs if run.info.status == "KILLED"}
-    links = {run.data.tags.get("nasflow.resumed_from_run") for run in ended} - {None}
-    assert links <= killed
-    if kill_point != "between-trials":
-        assert killed, "the interrupted attempt is closed as KILLED"
-        assert links == killed, "each re-run trial links to the attempt it replaces"
-
-    best = json.loads((tmp_path / "out" / "best.json").read_text())
-    accuracies = [
-        run.data.metrics["final_val_accuracy"]
+    killed = {run.data.tags["nasflow.trial_id"]: run.info.run_id for run in runs if run.info.status == "KILLED"}
+    assert sorted(killed) == ["1", "2"], "the two interrupted attempts, and only they, are KILLED"
+    links = {
+        run.data.tags["nasflow.trial_id"]: run.data.tags["nasflow.resumed_from_run"]
         for run in ended
-        if run.data.tags["nasflow.trial_status"] == "COMPLETED"
-    ]
-    assert best["val_accuracy"] == pytest.approx(max(accuracies)), "the choice is the best finished trial"
+        if "nasflow.resumed_from_run" in run.data.tags
+    }
+    assert links == killed, "each re-run trial links to the attempt it replaces"
+    # The between-trials kill lost nothing and repeated nothing: trials 0-2 kept their runs.
+    assert {run.data.tags["nasflow.trial_id"]: run.info.run_id for run in ended if run.data.tags["nasflow.trial_id"] in before_last} == before_last
+    best = json.loads((root / "best.json").read_text())
+    assert best["score"] == pytest.approx(max(run.data.metrics["score"] for run in ended)), "the best finished trial"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_resumes_after_sigkill_at_each_point(uri, tmp_path, strategy):
+    root = tmp_path / strategy
+    root.mkdir()
+    before_last = _kill_three_times_and_finish(uri, root, strategy)
+    _check_final_state(uri, root, before_last)
+    oracle = json.loads((root / "attempt-3" / "search" / "oracle.json").read_text())
+    assert sorted(oracle["end_order"]) == [str(n) for n in range(MAX_TRIALS)]
+    if "reinforce" in oracle:
+        # The policy learned from each ended trial exactly once, re-runs included.
+        assert oracle["reinforce"]["updates"] == MAX_TRIALS and oracle["reinforce"]["learned"] == MAX_TRIALS
+
+
+def test_a_search_resumes_from_a_state_dir(uri, tmp_path):
+    root = tmp_path / "pvc-search"
+    root.mkdir()
+    state_dir = tmp_path / "pvc"
+    before_last = _kill_three_times_and_finish(uri, root, "random", state_dir=str(state_dir))
+    _check_final_state(uri, root, before_last)
+    assert not list(root.glob("attempt-*/search/oracle.json")), "nothing but the state_dir held the state"
+
+
+def test_the_search_budget_counts_every_attempt(uri, tmp_path):
+    root = tmp_path / "budget"
+    root.mkdir()
+    assert run_attempt(root, uri, "random", 2) == 0
+    elapsed_s = json.loads((root / "attempt-0" / "search" / "oracle.json").read_text())["nasflow_search"]["elapsed_s"]
+    assert elapsed_s > 0
+    # A budget the first attempt already used up: the resumed search starts no trial.
+    assert run_attempt(root, uri, "random", 4, max_search_minutes=elapsed_s / 60) == 0
+    assert len(trial_runs(uri, root)) == 2
+    # With budget left it goes on from there.
+    assert run_attempt(root, uri, "random", 4, max_search_minutes=60) == 0
+    assert sorted(run.data.tags["nasflow.trial_id"] for run in trial_runs(uri, root)) == ["0", "1", "2", "3"]

@@ -8,8 +8,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from nasflow import tracking
-from nasflow.search.settings import COMPLETED, INFEASIBLE, OBJECTIVE_NAME
+from nasflow import faults, tracking
+from nasflow.search.settings import COMPLETED, INFEASIBLE, INVALID, OBJECTIVE_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ class TrialRecord:
             all_tags["nasflow.resumed_from_run"] = interrupted[trial_id]
         run = tracking.start_child_run(parent, run_name=f"trial-{trial_id}", tags=all_tags)
         run.log_params(params)
-        return cls(run, flush_every_s)
+        record = cls(run, flush_every_s)
+        faults.kill_point("trial", trial_id)
+        return record
 
     def add_epoch(self, epoch: int, logs: Mapping[str, Any]) -> None:
         """Keep one epoch's metrics; send what is kept if the last send is old enough."""
@@ -94,14 +96,18 @@ class TrialRecord:
         reason: str = "",
         feasible: bool | None = None,
     ) -> None:
-        """Send everything left in one batch and end the run (FINISHED, or FAILED for a failure)."""
+        """Send everything left in one batch and end the run (FINISHED, or FAILED for a failure).
+
+        An ``INVALID`` trial (an architecture that cannot be built for the input) ends
+        FINISHED: it is a result of the search, not a failure.
+        """
         tags = {**self._tags, "nasflow.trial_status": status}
         if feasible is not None:
             tags["nasflow.feasible"] = str(feasible).lower()
         if reason:
             tags[tracking.FAILURE_REASON_TAG if status != INFEASIBLE else "nasflow.infeasible_reason"] = reason
         self.run.log_batch(metrics={**metrics, "duration_s": duration_s}, history=self._drain(), tags=tags)
-        self.run.terminate("FINISHED" if status in (COMPLETED, INFEASIBLE) else "FAILED")
+        self.run.terminate("FINISHED" if status in (COMPLETED, INFEASIBLE, INVALID) else "FAILED")
         self.closed = True
 
     def _drain(self) -> list:
@@ -142,7 +148,9 @@ def collect_trials(parent: tracking.RunHandle) -> list[dict[str, Any]]:
     """The trial table, read from the nested MLflow runs of the parent run.
 
     Runs a crash left behind (KILLED, or RUNNING with no result) are left out: the
-    re-run of that trial is its own row.
+    re-run of that trial is its own row. There is one row per trial id whatever happened:
+    should a trial still have two ended runs (a resumed search normally closes the older as
+    KILLED, see ``reconcile_trial_runs``), the one started last is the trial's row.
     """
     client = parent.client
     experiment_id = tracking.with_retry(lambda: client.get_run(parent.run_id), "get parent run").info.experiment_id
@@ -163,11 +171,17 @@ def collect_trials(parent: tracking.RunHandle) -> list[dict[str, Any]]:
         if not page_token:
             break
     rows = []
+    latest: dict[str, Any] = {}
     for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        status = tags.get("nasflow.trial_status", "")
         if run.info.status in ("KILLED", "RUNNING"):
             continue
+        trial_id = run.data.tags.get("nasflow.trial_id", "")
+        if trial_id in latest and latest[trial_id].info.start_time >= run.info.start_time:
+            continue
+        latest[trial_id] = run
+    for run in latest.values():
+        tags, metrics = run.data.tags, run.data.metrics
+        status = tags.get("nasflow.trial_status", "")
         row = {
             "trial_id": tags.get("nasflow.trial_id", ""),
             "status": status,

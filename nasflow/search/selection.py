@@ -114,7 +114,9 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "trials_total": float(len(rows)),
         "trials_completed": float(len(completed)),
-        "trials_failed": float(sum(row["status"] in (FAILED, INVALID) for row in rows)),
+        "trials_failed": float(sum(row["status"] == FAILED for row in rows)),
+        # An architecture that cannot be built is a result of the search, not a failure of it.
+        "trials_invalid": float(sum(row["status"] == INVALID for row in rows)),
         "trials_infeasible": float(sum(row["status"] == INFEASIBLE for row in rows)),
         "best_val_accuracy": float(max(accuracies)) if accuracies else 0.0,
         "mean_trial_seconds": float(np.mean([row["duration_s"] for row in rows if row["duration_s"]] or [0.0])),

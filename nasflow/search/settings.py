@@ -23,6 +23,9 @@ OBJECTIVE_NAME = "score"
 
 #: Trial statuses written to the ``nasflow.trial_status`` tag of each nested run.
 COMPLETED, FAILED, INVALID, INFEASIBLE = "COMPLETED", "FAILED", "INVALID", "INFEASIBLE"
+#: Objective score of an INVALID trial (an architecture that cannot be built for the input):
+#: as low as an infeasible one's, so every strategy learns to avoid the region.
+INVALID_SCORE = -1.0
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,15 @@ from typing import Any
 from nasflow import tracking
 from nasflow.errors import InvalidArchitectureError
 from nasflow.search.records import TrialRecord
-from nasflow.search.settings import COMPLETED, FAILED, INFEASIBLE, INVALID, OBJECTIVE_NAME, SearchSettings
+from nasflow.search.settings import (
+    COMPLETED,
+    FAILED,
+    INFEASIBLE,
+    INVALID,
+    INVALID_SCORE,
+    OBJECTIVE_NAME,
+    SearchSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +100,11 @@ class TrialContext:
             try:
                 model = self.space.build_model(hp, self.input_shape, self.num_classes)
             except InvalidArchitectureError as error:
-                finish(INVALID, {}, reason=f"InvalidArchitectureError: {error}")
-                # Re-raised as is, Keras Tuner records the trial INVALID: a sampled
-                # architecture that does not fit the input is not a failure of the search.
-                raise
+                # A sampled architecture that does not fit the input is a (bad) result, not a
+                # failure: scored lowest, so the strategy learns to avoid it, and never
+                # counted toward Keras Tuner's consecutive-failure stop.
+                finish(INVALID, {OBJECTIVE_NAME: INVALID_SCORE}, reason=f"InvalidArchitectureError: {error}")
+                return {OBJECTIVE_NAME: INVALID_SCORE}
             params, flops = count_params(model), count_flops(model)
             cheap = constraint_violations({"params": params, "flops": flops}, self.objective.cheap_constraints())
             if cheap:
@@ -166,8 +175,6 @@ class TrialContext:
             )
             del model
             return {OBJECTIVE_NAME: score, "val_accuracy": val_accuracy}
-        except InvalidArchitectureError:
-            raise
         except keras_tuner.errors.FailedTrialError as error:
             if record is not None and not record.closed:
                 finish(FAILED, {}, reason=f"FailedTrialError: {error}")

@@ -13,10 +13,11 @@ import os
 import time
 from pathlib import Path
 
-from nasflow import tracking
+from nasflow import faults, tracking
 from nasflow.errors import SearchError
 from nasflow.search.records import TrialRecord, close_as_killed, trial_runs
 from nasflow.search.settings import OBJECTIVE_NAME, PROJECT_NAME, SearchSettings
+from nasflow.search.state import make_crash_safe
 from nasflow.search.strategies import OracleSettings, make_oracle
 from nasflow.search.trial import TrialContext
 
@@ -63,7 +64,11 @@ def _make_tuner_class():
             self.nas.space.declare(hp)
             self.oracle.update_space(hp)
 
+        #: Called after each trial's end is saved (e.g. :meth:`MlflowStateCopy.sync`); None: nothing.
+        nas_state_sync = None
+
         def pre_create_trial(self):
+            faults.kill_point("between-trials", len(getattr(self.oracle, "end_order", ())))
             if self.nas.deadline is not None and time.monotonic() > self.nas.deadline:
                 raise _BudgetExhausted()
             if self.nas.trials_this_process and self.nas_trials_run >= self.nas.trials_this_process:
@@ -73,6 +78,8 @@ def _make_tuner_class():
         def on_trial_end(self, trial):
             self.nas_trials_run += 1
             super().on_trial_end(trial)
+            if self.nas_state_sync is not None:
+                self.nas_state_sync()
 
         def run_trial(self, trial, *args, **kwargs):
             return self.nas.run_trial(self, trial, EpochLogger)
@@ -97,6 +104,7 @@ def run_search(
     project_name: str = PROJECT_NAME,
     in_process: bool = True,
     trials_this_process: int = 0,
+    state_sync=None,
 ):
     """Run the search and return the chosen trial.
 
@@ -111,6 +119,8 @@ def run_search(
         project_name: Keras Tuner project folder name inside ``work_dir``.
         in_process: Always true here; worker processes are started by ``nasflow.cluster``.
         trials_this_process: Stop after this many trials (a recycled worker); 0: no limit.
+        state_sync: Called after every trial's end is saved, to copy the state elsewhere
+            (:class:`nasflow.search.state.MlflowStateCopy`); None: the state stays in ``work_dir``.
 
     Returns:
         The tuner (already searched). Call :func:`collect_trials` and
@@ -145,6 +155,8 @@ def run_search(
             ),
         ),
     )
+    # Atomic state files and a budget that counts every attempt (nasflow.search.state).
+    oracle = make_crash_safe(oracle)
     tuner_class = _make_tuner_class()
     tuner = tuner_class(
         nas_context=context,
@@ -154,6 +166,10 @@ def run_search(
         project_name=project_name,
         overwrite=overwrite,
     )
+    tuner.nas_state_sync = state_sync
+    if not _is_distributed_worker():
+        # The reloaded state holds the search time of earlier attempts: the budget goes on from there.
+        context.deadline = oracle.search_deadline(settings.max_search_minutes)
     if parent is not None and not overwrite and not _is_distributed_worker():
         # Only the process that owns the oracle knows which trials have ended.
         context.interrupted_runs = reconcile_trial_runs(parent, tuner.oracle)
@@ -186,17 +202,14 @@ def reconcile_trial_runs(parent: tracking.RunHandle, oracle) -> dict[str, str]:
     """Make MLflow agree with a reloaded oracle before a resumed search goes on.
 
     A run left RUNNING by a crash is closed as KILLED; a finished run of a trial the
-    oracle does not count as ended (killed after logging, before the oracle saved) is
-    closed as KILLED too, so that every trial has exactly one finished run.
+    oracle has not committed as ended (``end_order`` in ``oracle.json``: killed after
+    logging, before or while the oracle saved) is closed as KILLED too and the trial runs
+    again, so that every trial has exactly one finished run.
 
     Returns:
         trial id -> id of the interrupted run, to link the re-run to it.
     """
-    ended = {
-        trial_id
-        for trial_id, trial in getattr(oracle, "trials", {}).items()
-        if str(trial.status) in ("COMPLETED", "FAILED", "INVALID")
-    }
+    ended = set(getattr(oracle, "end_order", ()))
     interrupted: dict[str, str] = {}
     for run in trial_runs(parent):
         trial_id = run.data.tags.get("nasflow.trial_id", "")

@@ -46,6 +46,7 @@ def search_step(
     from nasflow.search.records import collect_trials
     from nasflow.search.selection import choose_best, summarize_rows, write_trial_table
     from nasflow.search.settings import PROJECT_NAME, SearchSettings
+    from nasflow.search.state import prepare_state
     from nasflow.search.tuner import run_search
     from nasflow.spaces.schema import load_search_space, resolve_search_space
 
@@ -80,13 +81,23 @@ def search_step(
         }
     )
     parent.log_artifact(space_path, "search_space")
-    # A persistent state folder (PVC/bucket on a cluster) lets a retried task resume.
-    work_dir = Path(state_dir) if state_dir else Path(best_hyperparameters_path).parent / "tuner"
-    resume = bool(state_dir) and (work_dir / PROJECT_NAME / "oracle.json").exists()
+    # A retried task resumes from the state of the attempt before: by default a copy kept
+    # in the parent run's artifacts (no volume to set up), or a persistent state_dir (PVC).
+    state = prepare_state(
+        parent,
+        state_dir=state_dir,
+        default_dir=Path(best_hyperparameters_path).parent / "tuner",
+        project_name=PROJECT_NAME,
+        copy_to_parent=not settings.uses_worker_processes,
+    )
+    work_dir, resume = state.work_dir, state.resume
     if settings.uses_worker_processes:
         _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume)
     else:
-        run_search(data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume)
+        run_search(
+            data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume,
+            state_sync=state.sync,
+        )
 
     rows = collect_trials(parent)
     Path(trial_table_path).parent.mkdir(parents=True, exist_ok=True)

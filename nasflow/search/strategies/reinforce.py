@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import random
 
-import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
 from nasflow.errors import SearchError
@@ -83,6 +82,8 @@ class ReinforceOracle(SeededOracle):
         self._choices: dict[str, dict[str, int]] = {}
         self._pending: dict[str, int] = {}
         self.updates = 0
+        #: How many trials of ``end_order`` the policy has learned from.
+        self._learned = 0
 
     def _logits_for(self, key: str, size: int) -> list[float]:
         logits = self._logits.get(key)
@@ -169,18 +170,21 @@ class ReinforceOracle(SeededOracle):
         self.updates += 1
         return advantage
 
-    @keras_tuner.synchronized
-    def end_trial(self, trial):
-        """End the trial as the base oracle does, then update the policy with its score."""
-        super().end_trial(trial)
-        stored = self.trials[trial.trial_id]
-        if stored.status in (trial_module.TrialStatus.INVALID, trial_module.TrialStatus.RUNNING):
-            return  # it will be retried with the same values: keep its choices for then
-        choices = self._choices.pop(stored.trial_id, None)
-        completed = stored.status == trial_module.TrialStatus.COMPLETED
-        if choices is not None and completed and stored.score is not None and math.isfinite(stored.score):
-            self.learn(choices, self._score_for_maximizing(stored))
-        self.save()
+    def _learn_from_ended_trials(self) -> None:
+        """One update per trial that ended since the last one, in the order they ended.
+
+        Called from :meth:`get_state`, i.e. inside the base class's save at the end of
+        every trial: the update is saved in the same ``oracle.json`` write that commits the
+        trial as ended, so a kill can lose neither one without the other. A trial sent for a
+        retry is not in ``end_order`` yet and keeps its choices for then.
+        """
+        for trial_id in self.end_order[self._learned :]:
+            stored = self.trials[trial_id]
+            choices = self._choices.pop(trial_id, None)
+            completed = stored.status == trial_module.TrialStatus.COMPLETED
+            if choices is not None and completed and stored.score is not None and math.isfinite(stored.score):
+                self.learn(choices, self._score_for_maximizing(stored))
+        self._learned = len(self.end_order)
 
     def policy(self) -> dict[str, dict[str, float]]:
         """Current sampling probabilities: hyperparameter name -> {value: probability}.
@@ -199,6 +203,7 @@ class ReinforceOracle(SeededOracle):
 
     def get_state(self):
         """Base state plus logits, baseline, reward variance and pending choices."""
+        self._learn_from_ended_trials()
         state = super().get_state()
         state["reinforce"] = {
             "logits": self._logits,
@@ -206,6 +211,7 @@ class ReinforceOracle(SeededOracle):
             "reward_variance": self._reward_variance,
             "choices": self._choices,
             "updates": self.updates,
+            "learned": self._learned,
         }
         return state
 
@@ -223,6 +229,7 @@ class ReinforceOracle(SeededOracle):
             for trial_id, choices in reinforce.get("choices", {}).items()
         }
         self.updates = int(reinforce.get("updates", 0))
+        self._learned = int(reinforce.get("learned", len(self.end_order)))
 
 
 def make(settings: OracleSettings) -> ReinforceOracle:
