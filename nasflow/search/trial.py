@@ -22,6 +22,7 @@ from nasflow.search.settings import (
     OBJECTIVE_NAME,
     SearchSettings,
 )
+from nasflow.search.strategies import PARETO_COST
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class TrialContext:
         import keras_tuner
 
         from nasflow.search.costs import count_flops, count_params, measure_candidate_costs
-        from nasflow.search.objectives import constraint_violations, objective_score
+        from nasflow.search.objectives import constraint_violations, cost_value, objective_score
         from nasflow.spaces.schema import describe_architecture
 
         hp = trial.hyperparameters
@@ -174,7 +175,11 @@ class TrialContext:
                 feasible=feasible,
             )
             del model
-            return {OBJECTIVE_NAME: score, "val_accuracy": val_accuracy}
+            result = {OBJECTIVE_NAME: score, "val_accuracy": val_accuracy}
+            if self.objective.mode == "pareto":
+                # Multi-objective strategies optimize accuracy and this cost themselves.
+                result[PARETO_COST] = cost_value(cost_row, self.objective.cost_metric) or math.inf
+            return result
         except keras_tuner.errors.FailedTrialError as error:
             if record is not None and not record.closed:
                 finish(FAILED, {}, reason=f"FailedTrialError: {error}")

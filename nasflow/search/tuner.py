@@ -18,7 +18,7 @@ from nasflow.errors import SearchError
 from nasflow.search.records import TrialRecord, close_as_killed, trial_runs
 from nasflow.search.settings import OBJECTIVE_NAME, PROJECT_NAME, SearchSettings
 from nasflow.search.state import make_crash_safe
-from nasflow.search.strategies import OracleSettings, make_oracle
+from nasflow.search.strategies import PARETO_OBJECTIVES, OracleSettings, make_oracle
 from nasflow.search.trial import TrialContext
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ def run_search(
             constraint_check=cheap_constraint_check(
                 lambda hp: space.build_model(hp, context.input_shape, context.num_classes), hyperparameters, objective
             ),
+            pareto_objectives=PARETO_OBJECTIVES if objective.mode == "pareto" else None,
         ),
     )
     # Atomic state files and a budget that counts every attempt (nasflow.search.state).

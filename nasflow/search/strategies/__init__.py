@@ -28,10 +28,18 @@ _FACTORIES: dict[str, str] = {
     "hyperband": "nasflow.search.strategies.builtin:hyperband",
     "evolution": "nasflow.search.strategies.evolution:make",
     "reinforce": "nasflow.search.strategies.reinforce:make",
+    "tpe": "nasflow.search.strategies.optuna_sampler:tpe",
+    "gp": "nasflow.search.strategies.optuna_sampler:gp",
+    "nsga2": "nasflow.search.strategies.optuna_sampler:nsga2",
 }
 
 #: Names of every strategy, in the order the CLI lists them.
 STRATEGIES: tuple[str, ...] = tuple(_FACTORIES)
+
+#: The trial metric holding the objective's cost in ``--objective pareto`` mode.
+PARETO_COST = "cost"
+#: What multi-objective strategies optimize in pareto mode: (trial metric, direction).
+PARETO_OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), (PARETO_COST, "min"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class OracleSettings:
             start), as ``(hyperparameter values, score)`` pairs, best first; a strategy
             learns from them as if it had run them (they are not trials of this search
             and do not count toward ``max_trials``).
+        pareto_objectives: For ``--objective pareto``: ``(metric, "max"|"min")`` pairs of
+            trial metrics that multi-objective strategies (``tpe``, ``gp``, ``nsga2``)
+            optimize instead of the scalar score; None otherwise.
     """
 
     objective: Any
@@ -60,6 +71,7 @@ class OracleSettings:
     max_consecutive_failed_trials: int = 5
     constraint_check: ConstraintCheck | None = None
     prior_observations: tuple[tuple[dict, float], ...] = ()
+    pareto_objectives: tuple[tuple[str, str], ...] | None = None
 
     def common(self) -> dict[str, Any]:
         """The keyword arguments every ``keras_tuner.Oracle`` takes."""
@@ -89,4 +101,12 @@ def make_oracle(strategy: str, settings: OracleSettings):
     return factory(settings)
 
 
-__all__ = ["STRATEGIES", "ConstraintCheck", "OracleSettings", "check_strategy", "make_oracle"]
+__all__ = [
+    "PARETO_COST",
+    "PARETO_OBJECTIVES",
+    "STRATEGIES",
+    "ConstraintCheck",
+    "OracleSettings",
+    "check_strategy",
+    "make_oracle",
+]

@@ -78,7 +78,11 @@ class ReinforceOracle(SeededOracle):
         self.constraint_penalty = constraint_penalty
         self._logits: dict[str, list[float]] = {}
         self._baseline: float | None = None
+        #: Zero-started moving averages of the reward and the squared advantage, and the
+        #: number of rewards seen (for their bias correction).
+        self._baseline_average = 0.0
         self._reward_variance = 0.0
+        self._rewards_seen = 0
         self._choices: dict[str, dict[str, int]] = {}
         self._pending: dict[str, int] = {}
         self.updates = 0
@@ -157,15 +161,23 @@ class ReinforceOracle(SeededOracle):
         Returns:
             The advantage applied (after normalization and clipping).
         """
-        if self._baseline is None:
-            self._baseline = reward
-        advantage = reward - self._baseline
+        # Williams (1992): the baseline estimates the expected reward from earlier trials
+        # only (so it does not bias the gradient); as in NAS-Bench-201's REINFORCE it is an
+        # exponential moving average. Both moving averages start at zero and are bias-
+        # corrected (as Adam's moments), so the first updates are neither pulled toward
+        # zero nor inflated by sqrt(1 / (1 - decay)) when normalized.
         decay = self.baseline_decay
-        self._reward_variance = decay * self._reward_variance + (1 - decay) * advantage**2
-        self._baseline = decay * self._baseline + (1 - decay) * reward
-        if self.normalize_advantage and self._reward_variance > 0:
-            advantage /= math.sqrt(self._reward_variance)
-            advantage = max(-ADVANTAGE_CLIP, min(ADVANTAGE_CLIP, advantage))
+        seen = self._rewards_seen
+        advantage = reward - self._baseline if seen and self._baseline is not None else 0.0
+        self._baseline_average = decay * self._baseline_average + (1 - decay) * reward
+        self._baseline = self._baseline_average / (1 - decay ** (seen + 1))
+        self._rewards_seen = seen + 1
+        if seen:
+            self._reward_variance = decay * self._reward_variance + (1 - decay) * advantage**2
+            variance = self._reward_variance / (1 - decay**seen)
+            if self.normalize_advantage and variance > 0:
+                advantage /= math.sqrt(variance)
+                advantage = max(-ADVANTAGE_CLIP, min(ADVANTAGE_CLIP, advantage))
         self._apply_gradient(choices, advantage)
         self.updates += 1
         return advantage
@@ -209,6 +221,8 @@ class ReinforceOracle(SeededOracle):
             "logits": self._logits,
             "baseline": self._baseline,
             "reward_variance": self._reward_variance,
+            "baseline_average": self._baseline_average,
+            "rewards_seen": self._rewards_seen,
             "choices": self._choices,
             "updates": self.updates,
             "learned": self._learned,
@@ -224,6 +238,8 @@ class ReinforceOracle(SeededOracle):
         }
         self._baseline = reinforce.get("baseline")
         self._reward_variance = float(reinforce.get("reward_variance", 0.0))
+        self._baseline_average = float(reinforce.get("baseline_average", 0.0))
+        self._rewards_seen = int(reinforce.get("rewards_seen", 0))
         self._choices = {
             trial_id: {key: int(index) for key, index in choices.items()}
             for trial_id, choices in reinforce.get("choices", {}).items()
