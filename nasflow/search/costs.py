@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nasflow import litert
-from nasflow.errors import CompressionError, InvalidArchitectureError
+from nasflow.errors import CompressionError, InvalidArchitectureError, SearchError
 
 #: Runtimes a latency can come from.
 LATENCY_RUNTIMES = ("litert", "keras", "not_measured")
@@ -221,7 +221,9 @@ def _keras_latency(model, sample: np.ndarray, warmup: int = 5, repeats: int = 50
     return float(np.percentile(timings, 50)), float(np.percentile(timings, 95))
 
 
-def measure_candidate_costs(model, sample: np.ndarray, *, measure_latency: bool = True) -> CandidateCosts:
+def measure_candidate_costs(
+    model, sample: np.ndarray, *, measure_latency: bool = True, measure_size: bool = True
+) -> CandidateCosts:
     """Params, FLOPs, TFLite size and batch-1 latency of one candidate.
 
     The model is converted to a float32 TFLite flatbuffer and timed single-threaded on
@@ -232,8 +234,9 @@ def measure_candidate_costs(model, sample: np.ndarray, *, measure_latency: bool 
     Args:
         model: A built Keras model.
         sample: One input, with or without a batch axis of 1.
-        measure_latency: False skips timing (latencies NaN, runtime ``"not_measured"``);
-            the flatbuffer is still produced for the size.
+        measure_latency: False skips timing (latencies NaN, runtime ``"not_measured"``).
+        measure_size: False with ``measure_latency`` False skips the TFLite conversion
+            too (size 0: not measured); the costs are then only params and FLOPs.
 
     Returns:
         The candidate's costs.
@@ -241,6 +244,8 @@ def measure_candidate_costs(model, sample: np.ndarray, *, measure_latency: bool 
     params = count_params(model)
     flops = count_flops(model)
     batch = _batch_of_one(model, sample)
+    if not measure_latency and not measure_size:
+        return CandidateCosts(params, flops, 0, math.nan, math.nan, "not_measured")
     try:
         flatbuffer = litert.convert_keras_model(model, "float32")
     except CompressionError:
@@ -258,6 +263,39 @@ def measure_candidate_costs(model, sample: np.ndarray, *, measure_latency: bool 
         return CandidateCosts(params, flops, size_bytes, stats.p50_ms, stats.p95_ms, "litert")
     p50, p95 = _keras_latency(model, batch)
     return CandidateCosts(params, flops, size_bytes, p50, p95, "keras")
+
+
+def costs_to_measure(objective, measure_costs: str) -> tuple[bool, bool]:
+    """Whether each trial measures the TFLite size and the LiteRT latency.
+
+    Params and FLOPs are always counted (milliseconds). The flatbuffer conversion (a
+    SavedModel export and an MLIR conversion) and the latency timing (>= 0.2 s) are the
+    expensive part of a trial outside ``fit``, so ``"auto"`` does them only when the
+    objective's cost or a constraint uses them.
+
+    Args:
+        objective: The search's ``ObjectiveConfig``.
+        measure_costs: ``"auto"``, ``"all"`` or ``"none"``.
+
+    Returns:
+        ``(measure_size, measure_latency)``.
+
+    Raises:
+        SearchError: ``"none"`` while the objective or a constraint needs size or latency.
+    """
+    uses_cost = objective.mode != "accuracy"
+    size = (uses_cost and objective.cost_metric == "size_kb") or objective.max_size_kb is not None
+    latency = (uses_cost and objective.cost_metric == "latency_ms") or objective.max_latency_ms is not None
+    if measure_costs == "all":
+        return True, True
+    if measure_costs == "none":
+        if size or latency:
+            needed = " and ".join(name for name, used in (("size_kb", size), ("latency_ms", latency)) if used)
+            raise SearchError(
+                f"measure_costs 'none' cannot score this objective: it uses {needed} (use 'auto' or 'all')"
+            )
+        return False, False
+    return size, latency
 
 
 def cheap_constraint_check(build_model, space, config) -> Callable[[dict], list[str]]:
