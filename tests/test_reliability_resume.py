@@ -120,3 +120,20 @@ def test_the_search_budget_counts_every_attempt(uri, tmp_path):
     # With budget left it goes on from there.
     assert run_attempt(root, uri, "random", 4, max_search_minutes=60) == 0
     assert sorted(run.data.tags["nasflow.trial_id"] for run in trial_runs(uri, root)) == ["0", "1", "2", "3"]
+
+
+def test_the_trial_table_has_one_row_per_trial_id_whatever_mlflow_holds(uri):
+    from nasflow import tracking
+    from nasflow.search.records import collect_trials
+
+    parent = tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "two-finished-runs"))
+    run_ids = []
+    for attempt in range(2):  # e.g. a state lost with its trial already logged: the trial ran twice
+        run = tracking.start_child_run(
+            parent, "trial-0", tags={tracking.ROLE_TAG: "trial", "nasflow.trial_id": "0", "nasflow.trial_status": "COMPLETED"}
+        )
+        run.log_metrics({"score": 0.5 + attempt / 10})
+        run.terminate("FINISHED")
+        run_ids.append(run.run_id)
+    rows = collect_trials(parent)
+    assert [(row["trial_id"], row["mlflow_run_id"]) for row in rows] == [("0", run_ids[1])], "the run started last"
