@@ -13,7 +13,7 @@ TRAIN_EPOCHS ?= 10
 SEED        ?= 42
 VARIANTS    ?= float16 int8 dynamic structured_prune+int8
 
-.PHONY: venv run test lint compile image image-gpu clean
+.PHONY: venv system-deps run test lint compile image image-gpu clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# Graphviz draws the architecture diagrams (pydot is a Python dependency); installed with apt
+# when root and missing, else a one-line warning: runs keep DOT text, without PNG diagrams.
+system-deps:
+	@scripts/ensure_debian_packages.sh dot:graphviz
+
+run: $(STAMP) system-deps
 	$(BIN)/nasflow run --dataset $(DATASET) --strategy $(STRATEGY) --max-trials $(MAX_TRIALS) \
 		--epochs $(EPOCHS) --train-epochs $(TRAIN_EPOCHS) --seed $(SEED) --compression-variants $(VARIANTS)
 
@@ -37,7 +42,7 @@ $(CHECKOV):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==3.3.30
 
-test: $(STAMP) $(CHECKOV)
+test: $(STAMP) $(CHECKOV) system-deps
 	NASFLOW_CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -1,7 +1,7 @@
 """Keras Tuner architecture search, every trial a nested MLflow run."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from components._image import IMAGE
 
@@ -14,6 +14,7 @@ def search(
     trial_table: Output[Dataset],
     search_metrics: Output[Metrics],
     search_report: Output[Markdown],
+    search_report_html: Output[HTML],
     tracking_uri: str = "",
     search_space: str = "",
     strategy: str = "reinforce",
@@ -49,6 +50,7 @@ def search(
         best_hyperparameters_path=best_hyperparameters.path,
         trial_table_path=trial_table.path,
         report_path=search_report.path,
+        html_report_path=search_report_html.path,
         objective={
             "mode": objective_mode,
             "cost_metric": cost_metric,

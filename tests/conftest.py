@@ -23,3 +23,11 @@ def _seed_everything():
     except ImportError:  # pragma: no cover - keras is a hard dependency
         return
     keras.utils.set_random_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_sqlite_run(tmp_path_factory):
+    """One tiny pipeline run on SQLite, shared by the modules that read its results."""
+    from e2e_runs import run_tiny_on_sqlite
+
+    return run_tiny_on_sqlite(tmp_path_factory.mktemp("e2e-sqlite"))

@@ -11,7 +11,8 @@ import json
 
 import numpy as np
 import pytest
-from mlflow_server import running_mlflow_server
+from e2e_runs import tiny_params
+from mlflow_server import create_tagged_version, running_mlflow_server
 
 from nasflow import tracking
 from nasflow.cli.local_run import run_pipeline_locally
@@ -20,24 +21,9 @@ from nasflow.data import load_prepared
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "dataset": "digits",
-    "max_trials": 2,
-    "epochs": 1,
-    "train_epochs": 2,
-    "seed": 7,
-    "compression_variants": ["float16", "int8"],
-}
-
 
 def _params(**overrides):
-    from nasflow.cli.main import build_parser, pipeline_parameters
-
-    args = build_parser().parse_args(["run"])
-    params = pipeline_parameters(args)
-    params.update(TINY)
-    params.update(overrides)
-    return params
+    return tiny_params(**overrides)
 
 
 def _runs(client, parent_id: str, role: str):
@@ -65,8 +51,11 @@ def _check_run(result, tracking_uri: str, expected_trials: int, model_name: str)
         assert trial.info.status in ("FINISHED", "FAILED")
         if trial.data.tags["nasflow.trial_status"] in ("COMPLETED", "INFEASIBLE"):
             assert trial.data.params, "every hyperparameter is a param"
-            for metric in ("final_val_accuracy", "params", "flops", "size_bytes", "latency_p50_ms", "duration_s"):
+            for metric in ("final_val_accuracy", "params", "flops", "duration_s"):
                 assert metric in trial.data.metrics, metric
+            if trial.data.tags.get("nasflow.best_trial") == "true":
+                # An accuracy search measures size and latency once, for the chosen (and Pareto) trials.
+                assert {"size_bytes", "latency_p50_ms"} <= set(trial.data.metrics)
             history = client.get_metric_history(trial.info.run_id, "val_accuracy")
             assert len(history) >= 1
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "search")}
@@ -96,13 +85,9 @@ def _check_run(result, tracking_uri: str, expected_trials: int, model_name: str)
 
 
 @pytest.fixture(scope="module")
-def sqlite_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e-sqlite")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    result = run_pipeline_locally(
-        _params(strategy="random", tracking_uri=uri, model_name="digits-e2e"), root / "runs", stream=None
-    )
-    return result, uri
+def sqlite_run(tiny_sqlite_run):
+    # The run is shared with the tests that read its results (tests/ui, test_run_views).
+    return tiny_sqlite_run
 
 
 def test_local_pipeline_tracks_every_candidate_and_registers(sqlite_run):
@@ -116,12 +101,27 @@ def test_local_pipeline_tracks_every_candidate_and_registers(sqlite_run):
 
 def test_promote_cli_refuses_and_exits_non_zero(sqlite_run, capsys):
     result, uri = sqlite_run
+    champion = str(result.summary["model_version"])
     code = cli_main(["promote", "--model-name", "digits-e2e", "--tracking-uri", uri, "--min-improvement", "0.5"])
     out = capsys.readouterr().out
     # The challenger is already champion: promoting it again changes nothing and succeeds.
     assert code == 0, out
     client = tracking.make_client(uri)
-    assert str(client.get_model_version_by_alias("digits-e2e", "champion").version) == str(result.summary["model_version"])
+    assert str(client.get_model_version_by_alias("digits-e2e", "champion").version) == champion
+
+    # A worse version in the same store (tagged as registration tags it): the gate refuses it.
+    worse_metric = result.summary["test_accuracy"] - 0.2
+    worse = create_tagged_version(client, "digits-e2e", worse_metric, metric_name="test_accuracy")
+    try:
+        code = cli_main(["promote", "--model-name", "digits-e2e", "--version", worse, "--tracking-uri", uri])
+        out = capsys.readouterr().out
+        assert code == 1, out
+        assert out.startswith(f"refused: digits-e2e version {worse}: ") and "does not beat champion" in out
+        assert str(client.get_model_version_by_alias("digits-e2e", "champion").version) == champion
+        assert client.get_model_version("digits-e2e", worse).tags["nasflow.promotion.decision"] == "refused"
+    finally:
+        client.delete_model_version("digits-e2e", worse)  # the shared run's registry as it was
+
     code = cli_main(["promote", "--model-name", "no-such-model", "--tracking-uri", uri])
     assert code == 2
 

@@ -41,24 +41,92 @@ class LocalRun:
     seconds: float
 
 
-class _ProgressTee(io.TextIOBase):
-    """Everything to the log file; only task progress and nasflow errors to the terminal."""
+class _TerminalProgress:
+    """What the terminal shows: task lines, the steps' progress lines, a bar while interactive.
 
-    def __init__(self, log: TextIO, terminal: TextIO | None):
-        self.log = log
+    Steps print ``nasflow-progress: <kind> <done>/<total> ...`` (:mod:`nasflow.progress`);
+    the text after the prefix is shown as is, and on an interactive terminal a ``tqdm`` bar
+    per kind (trials, epochs, variants) sits below the lines until its count is complete.
+    """
+
+    def __init__(self, terminal: TextIO, interactive: bool | None = None):
         self.terminal = terminal
+        self.interactive = _is_interactive(terminal) if interactive is None else interactive
+        self._bar = None
+        self._bar_kind = ""
+
+    def line(self, text: str) -> None:
+        """Show one line of the log (already stripped); ignore lines that are not for people."""
+        from nasflow import progress
+
+        if text.startswith(progress.PREFIX):
+            self._progress(text[len(progress.PREFIX) :].strip())
+        elif _PROGRESS.search(text):
+            self._close_bar()
+            self._write(text)
+
+    def _progress(self, text: str) -> None:
+        from nasflow import progress
+
+        counted = progress.parse(text)
+        if not self.interactive or counted is None:
+            self._write(text)
+            return
+        kind, done, total = counted
+        if self._bar is None or self._bar_kind != kind or self._bar.total != total:
+            self._close_bar()
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total, desc=f"  {_BAR_LABELS.get(kind, kind)}", file=self.terminal, leave=False,
+                dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed}",
+            )  # fmt: skip
+            self._bar_kind = kind
+        self._bar.write(f"  {text}", file=self.terminal)
+        self._bar.update(max(0, done - self._bar.n))
+        self._bar.refresh()  # lines come seconds apart: show the count now, not at tqdm's next tick
+        if done >= total:
+            self._close_bar()
+
+    def _write(self, text: str) -> None:
+        self.terminal.write(f"  {text}\n")
+        self.terminal.flush()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        """Remove a bar left open (a step that failed half-way)."""
+        self._close_bar()
+
+
+_BAR_LABELS = {"trial": "search", "epoch": "training", "variant": "compression"}
+
+
+def _is_interactive(stream: TextIO) -> bool:
+    try:
+        return stream.isatty() and os.environ.get("TERM", "") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+class _ProgressTee(io.TextIOBase):
+    """Everything to the log file; only task progress and nasflow lines to the terminal."""
+
+    def __init__(self, log: TextIO, display: _TerminalProgress | None):
+        self.log = log
+        self.display = display
         self._pending = ""
 
     def write(self, text: str) -> int:
         self.log.write(text)
-        if self.terminal is not None:
+        if self.display is not None:
             self._pending += text
             while "\n" in self._pending:
                 line, self._pending = self._pending.split("\n", 1)
-                clean = _ANSI.sub("", line).strip()
-                if _PROGRESS.search(clean):
-                    self.terminal.write(f"  {clean}\n")
-                    self.terminal.flush()
+                self.display.line(_ANSI.sub("", line).strip())
         return len(text)
 
     def flush(self) -> None:
@@ -148,21 +216,24 @@ def failure_line(error_file: Path, kfp_message: str) -> str:
 
 
 def _run_with_log(pipeline, params: Mapping[str, Any], log_path: Path, stream: TextIO | None) -> None:
-    with log_path.open("w", encoding="utf-8") as log, contextlib.redirect_stdout(_ProgressTee(log, stream)):
-        handlers = _redirect_kfp_logging(log, stream)
+    display = _TerminalProgress(stream) if stream is not None else None
+    with log_path.open("w", encoding="utf-8") as log, contextlib.redirect_stdout(_ProgressTee(log, display)):
+        handlers = _redirect_kfp_logging(log, display)
         try:
             pipeline(**params)
         finally:
             for logger_obj, saved in handlers:
                 logger_obj.handlers = saved
+            if display is not None:
+                display.close()
 
 
-def _redirect_kfp_logging(log: TextIO, terminal: TextIO | None):
+def _redirect_kfp_logging(log: TextIO, display: _TerminalProgress | None):
     """kfp.local logs through ``logging`` handlers bound to the real stdout; point them at the tee."""
     import logging
 
     saved = []
-    tee = _ProgressTee(log, terminal)
+    tee = _ProgressTee(log, display)
     for name in ("kfp.local", "kfp", ""):
         logger_obj = logging.getLogger(name)
         saved.append((logger_obj, list(logger_obj.handlers)))
@@ -207,7 +278,41 @@ def format_summary(summary: Mapping[str, Any], seconds: float | None = None) -> 
         f" - {summary['promotion']['reason']}",
         f"  MLflow UI         : {mlflow_ui_command(summary['tracking_uri'])}",
     ]
+    links = mlflow_links(summary)
+    if links:
+        # MLflow 3.17 opens an experiment on its GenAI overview; these land on the runs.
+        lines += [
+            f"  this run          : {links['run']}",
+            f"  all runs          : {links['runs']}",
+            f"  registered model  : {links['model']}",
+        ]
     return "\n".join(lines)
+
+
+#: Port of the ``mlflow ui`` command the summary prints for a local store.
+LOCAL_UI_PORT = 5000
+
+
+def mlflow_ui_base(tracking_uri: str) -> str:
+    """The address of the MLflow UI for these results (the printed ``mlflow ui`` command's for a local store)."""
+    if tracking.is_remote(tracking_uri):
+        return tracking_uri.rstrip("/")
+    return f"http://127.0.0.1:{LOCAL_UI_PORT}"
+
+
+def mlflow_links(summary: Mapping[str, Any]) -> dict[str, str]:
+    """Direct UI links: the parent run's page, the experiment's runs table, the registered model."""
+    experiment_id, run_id = summary.get("experiment_id"), summary.get("parent_run_id")
+    if not experiment_id or not run_id:
+        return {}
+    from urllib.parse import quote
+
+    base = mlflow_ui_base(summary["tracking_uri"])
+    return {
+        "run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
+        "runs": f"{base}/#/experiments/{experiment_id}/runs",
+        "model": f"{base}/#/models/{quote(str(summary['model_name']), safe='')}/versions/{summary['model_version']}",
+    }
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
@@ -215,4 +320,4 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     if tracking.is_remote(tracking_uri):
         return f"open {tracking_uri}"
     venv_bin = Path(sys.executable).parent
-    return f"{venv_bin / 'mlflow'} ui --backend-store-uri {tracking_uri} --port 5000"
+    return f"{venv_bin / 'mlflow'} ui --backend-store-uri {tracking_uri} --port {LOCAL_UI_PORT}"

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from nasflow import faults, tracking
+from nasflow import faults, progress, tracking
 from nasflow.search.settings import COMPLETED, INFEASIBLE, INVALID, OBJECTIVE_NAME
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class TrialRecord:
         self._epochs: list = []
         self._tags: dict[str, Any] = {}
         self._last_flush = time.monotonic()
+        self._architecture_files: dict[str, str] = {}
+        self.trial_id = ""
+        self.architecture = ""
 
     @classmethod
     def open(
@@ -71,9 +74,12 @@ class TrialRecord:
         }
         if trial_id in interrupted:
             all_tags["nasflow.resumed_from_run"] = interrupted[trial_id]
-        run = tracking.start_child_run(parent, run_name=f"trial-{trial_id}", tags=all_tags)
+        run = tracking.start_child_run(
+            parent, run_name=trial_run_name(trial_id, str(tags.get("nasflow.architecture", ""))), tags=all_tags
+        )
         run.log_params(params)
         record = cls(run, flush_every_s)
+        record.trial_id, record.architecture = trial_id, str(tags.get("nasflow.architecture", ""))
         faults.kill_point("trial", trial_id)
         return record
 
@@ -82,6 +88,12 @@ class TrialRecord:
         self._epochs.extend(tracking.metric_items(logs, step=epoch))
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.run.log_batch(history=self._drain())
+
+    def keep_architecture(self, model, space: Any = None, values: Mapping[str, Any] | None = None) -> None:
+        """Keep the built model's architecture view (DOT + summary); uploaded when the trial finishes."""
+        from nasflow.search.architecture import describe_model
+
+        self._architecture_files = describe_model(model, space, values).files()
 
     def tag(self, tags: Mapping[str, Any]) -> None:
         """Add tags to the run; they are sent with the final batch."""
@@ -107,13 +119,49 @@ class TrialRecord:
         if reason:
             tags[tracking.FAILURE_REASON_TAG if status != INFEASIBLE else "nasflow.infeasible_reason"] = reason
         self.run.log_batch(metrics={**metrics, "duration_s": duration_s}, history=self._drain(), tags=tags)
+        self._upload_architecture()
         self.run.terminate("FINISHED" if status in (COMPLETED, INFEASIBLE, INVALID) else "FAILED")
         self.closed = True
+        reporter = progress.search_reporter()
+        if reporter is not None:
+            reporter.trial_finished(
+                self.trial_id,
+                status,
+                val_accuracy=metrics.get("final_val_accuracy"),
+                architecture=self.architecture,
+                seconds=duration_s,
+                reason=reason,
+            )
+
+    def _upload_architecture(self) -> None:
+        """One upload of the trial's ``architecture/`` folder; a failure costs the view, not the trial."""
+        if not self._architecture_files:
+            return
+        import tempfile
+        from pathlib import Path
+
+        from nasflow.search.architecture import ARTIFACT_DIR
+
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                for name, text in self._architecture_files.items():
+                    Path(folder, name).write_text(text, encoding="utf-8")
+                self.run.log_artifact(folder, ARTIFACT_DIR)
+        except Exception as error:  # noqa: BLE001 - the view is a nicety
+            logger.warning("trial %s: could not store its architecture view: %s", self.trial_id, error)
 
     def _drain(self) -> list:
         items, self._epochs = self._epochs, []
         self._last_flush = time.monotonic()
         return items
+
+
+def trial_run_name(trial_id: str, architecture: str = "") -> str:
+    """``trial-007 conv32k3-conv64k5bn|gap|dense64``: sorts by trial and reads well in the runs table."""
+    number = progress.trial_number(trial_id)
+    name = f"trial-{int(number):03d}" if number.isdigit() else f"trial-{trial_id}"
+    compact = progress.compact_architecture(architecture)
+    return f"{name} {compact}"[:240].rstrip() if compact else name
 
 
 def trial_runs(parent: tracking.RunHandle, extra_filter: str = "", max_results: int = 5000) -> list:

@@ -106,6 +106,8 @@ class TrialContext:
                 # counted toward Keras Tuner's consecutive-failure stop.
                 finish(INVALID, {OBJECTIVE_NAME: INVALID_SCORE}, reason=f"InvalidArchitectureError: {error}")
                 return {OBJECTIVE_NAME: INVALID_SCORE}
+            if record is not None:
+                record.keep_architecture(model, self.space, values)  # issue 15: the trial's architecture view
             params, flops = count_params(model), count_flops(model)
             cheap = constraint_violations({"params": params, "flops": flops}, self.objective.cheap_constraints())
             if cheap:

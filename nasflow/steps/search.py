@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,12 @@ def search_step(
     state_dir: str = "",
     num_workers: int = 0,
     trials_per_process: int = 0,
+    html_report_path: str = "",
 ) -> dict[str, float]:
     """Run the architecture search and write the best hyperparameters, trial table and report.
+
+    ``html_report_path`` receives the interactive HTML report (also logged on the parent run
+    as ``search/report.html``).
 
     Returns:
         Scalar metrics for the KFP ``Metrics`` artifact.
@@ -91,13 +96,14 @@ def search_step(
         copy_to_parent=not settings.uses_worker_processes,
     )
     work_dir, resume = state.work_dir, state.resume
-    if settings.uses_worker_processes:
-        _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume)
-    else:
-        run_search(
-            data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume,
-            state_sync=state.sync,
-        )
+    with _search_progress(parent, settings, resume):
+        if settings.uses_worker_processes:
+            _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume)
+        else:
+            run_search(
+                data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume,
+                state_sync=state.sync,
+            )
 
     rows = collect_trials(parent)
     Path(trial_table_path).parent.mkdir(parents=True, exist_ok=True)
@@ -119,10 +125,44 @@ def search_step(
     Path(report_path).write_text(report)
     for produced in sorted(pareto_dir.glob("pareto.*")):
         parent.log_artifact(produced, "search")
+    _html_report(parent, rows, result, objective_config, pareto_dir, html_report_path)
     metrics = summarize_rows(rows)
     metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
     parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
     return metrics
+
+
+@contextlib.contextmanager
+def _search_progress(parent: tracking.RunHandle, settings, resume: bool) -> Iterator[None]:
+    """One progress line per finished trial, from whichever process knows the count.
+
+    In one process the trials report themselves as they end (``TrialRecord.finish``); with
+    worker processes this step watches their trial runs appear in MLflow.
+    """
+    import time
+
+    from nasflow import progress
+    from nasflow.search.records import collect_trials, trial_runs
+
+    deadline = time.monotonic() + settings.max_search_minutes * 60 if settings.max_search_minutes else None
+    reporter = progress.SearchProgress(total=settings.max_trials, deadline=deadline)
+    if resume:
+        # A resumed search goes on counting from the trials that already ended.
+        reporter.done = len(collect_trials(parent))
+    if not settings.uses_worker_processes:
+        progress.start_search(reporter.total, deadline).done = reporter.done
+        try:
+            yield
+        finally:
+            progress.stop_search()
+        return
+    watcher = progress.TrialRunWatcher(
+        lambda: trial_runs(parent, "attributes.status != 'RUNNING'"), reporter, interval_s=5.0
+    )
+    if resume:
+        watcher.mark_seen(run.info.run_id for run in trial_runs(parent))
+    with watcher:
+        yield
 
 
 def _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume) -> None:
@@ -164,6 +204,39 @@ def _objective_config(values: Mapping[str, Any], config_cls):
     if cleaned.get("cost_target") == 0:
         cleaned["cost_target"] = None
     return config_cls(**cleaned)
+
+
+def _html_report(parent, rows, result, objective_config, folder: Path, html_report_path: str) -> None:
+    """Diagrams for the chosen trial, the front and a few more; the HTML report on the parent run."""
+    from nasflow.search.architecture import render_trial_diagrams, trials_to_render
+    from nasflow.search.report import plot_best_so_far, search_report_html
+    from nasflow.search.selection import _cost_key
+
+    chosen = rows.index(result.best_row)
+    diagrams = render_trial_diagrams(parent.client, rows, trials_to_render(rows, chosen, list(result.pareto_front)))
+    curve = folder / "best_so_far.png"
+    try:
+        plot_best_so_far(rows, curve)
+    except Exception as error:  # noqa: BLE001 - a plot is a nicety
+        logger.warning("could not draw the best-so-far curve: %s", error)
+    else:
+        parent.log_artifact(curve, "search")
+    pareto_png = folder / "pareto.png"
+    document = search_report_html(
+        rows,
+        chosen=chosen,
+        front=list(result.pareto_front),
+        cost_key=_cost_key(objective_config),
+        pareto_png=pareto_png.read_bytes() if pareto_png.exists() else None,
+        best_so_far_png=curve.read_bytes() if curve.exists() else None,
+        diagrams=diagrams,
+    )
+    report = folder / "report.html"
+    report.write_text(document, encoding="utf-8")
+    parent.log_artifact(report, "search")
+    if html_report_path:
+        Path(html_report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(html_report_path).write_text(document, encoding="utf-8")
 
 
 def _search_report(rows, result, objective_config, folder: Path) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from nasflow import tracking
+from nasflow import progress, tracking
 from nasflow.steps._common import read_json, user_errors
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,11 @@ def train_step(
             logger.info("final training resumes from the backup of an interrupted attempt")
         run.log_params({**best["values"], "train.epochs": epochs, "train.seed": seed})
 
+        started = time.monotonic()
+
         def log_epoch(epoch, logs):
             run.log_metrics({key: float(value) for key, value in (logs or {}).items()}, step=epoch)
+            progress.emit(progress.epoch_line(epoch, epochs, logs or {}, started))
 
         result = train_final_model(
             data, space, best["values"], epochs=epochs, output_dir=model_dir, seed=seed, use_gpu=use_gpu,
