@@ -13,7 +13,7 @@ TRAIN_EPOCHS ?= 10
 SEED        ?= 42
 VARIANTS    ?= float16 int8 dynamic structured_prune+int8
 
-.PHONY: venv system-deps run test lint compile image image-gpu clean
+.PHONY: venv system-deps run test test-containers lint compile image image-gpu clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,11 @@ $(CHECKOV):
 
 test: $(STAMP) $(CHECKOV) system-deps
 	NASFLOW_CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest
+
+# The container tier: builds docker/Dockerfile (+ .gpu) unchanged with podman as $(IMAGE) /
+# $(IMAGE_GPU), the tags `make image` gives, and runs tests/containers in and against them.
+test-containers: $(STAMP)
+	IMAGE='$(IMAGE)' IMAGE_GPU='$(IMAGE_GPU)' PYTHON='$(BIN)/python' tests/containers/tier.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check nasflow components pipelines tests bench

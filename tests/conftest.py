@@ -13,6 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+# The container tier (tests/containers) needs podman and the built images: `make test-containers`
+# runs it; plain `make test` / `pytest` does not collect it.
+collect_ignore = [] if os.environ.get("NASFLOW_CONTAINER_TIER") else ["containers"]
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():

@@ -159,7 +159,7 @@ class FakeKubelet:
 class FakeKubeApi:
     """Jobs, pods and logs in namespace ``nasflow``; see the module docstring for the two modes."""
 
-    def __init__(self, kubelet: FakeKubelet | None = None) -> None:
+    def __init__(self, kubelet: FakeKubelet | None = None, host: str = "127.0.0.1") -> None:
         self.kubelet = kubelet
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []  # scripted pods: {"job": name, "pod": {...}}
@@ -171,7 +171,8 @@ class FakeKubeApi:
         self._events: list[tuple[int, dict[str, Any]]] = []
         self._stopping = False
         self._lock = threading.Lock()  # the Job controller and a DELETE never interleave
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        # host: e.g. a container network's gateway, for a chief that runs in a container.
+        self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         if kubelet is not None:

@@ -68,6 +68,7 @@ def running_mlflow_server(
     startup_timeout_s: float = 90.0,
     wait: bool = True,
     port: int | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[str]:
     """Run ``mlflow server`` on a free loopback port for the duration of the block.
 
@@ -81,6 +82,7 @@ def running_mlflow_server(
             runs while the server boots (e.g. to train a model meanwhile) and must call
             :func:`wait_until_healthy` before the first request.
         port: A fixed port (e.g. to restart a server where its clients expect it).
+        host: Address to listen on, e.g. a container network's gateway for clients in containers.
 
     Yields:
         The tracking URI, e.g. ``http://127.0.0.1:43125``.
@@ -91,12 +93,12 @@ def running_mlflow_server(
     artifacts = root / "mlflow-artifacts"
     artifacts.mkdir(exist_ok=True)
     port = port or free_port()
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://{host}:{port}"
     log_path = root / "mlflow-server.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     command = [
         sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--host", host, "--port", str(port), "--workers", str(workers),
         "--backend-store-uri", backend,
         "--artifacts-destination", str(artifacts),
     ]  # fmt: skip

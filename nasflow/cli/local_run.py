@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -138,6 +138,7 @@ def run_pipeline_locally(
     output_dir: str | Path = "nasflow-runs",
     *,
     stream: TextIO | None = sys.stderr,
+    runner: Callable[[Path, Mapping[str, str]], Any] | None = None,
 ) -> LocalRun:
     """Execute ``pipelines.nas_pipeline`` through ``kfp.local`` and return its summary.
 
@@ -145,6 +146,9 @@ def run_pipeline_locally(
         parameters: Pipeline parameters (names as in ``nas_pipeline``).
         output_dir: Pipeline root: every task's artifacts and the run log go here.
         stream: Where progress lines go (``None``: silent).
+        runner: Builds the ``kfp.local`` runner from the run folder (the pipeline root) and the
+            environment variables every task needs, e.g. a ``local.DockerRunner`` that runs
+            each task in the pipeline's image. Default: each task a subprocess here.
 
     Raises:
         PipelineFailed: A task failed; the message names the step and the cause.
@@ -166,11 +170,15 @@ def run_pipeline_locally(
     # Fail before anything runs if MLflow is not there.
     tracking.check_reachable(params["tracking_uri"])
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir), raise_on_error=True)
-    env_before = {key: os.environ.get(key) for key in (ERROR_FILE_ENV, "TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
-    os.environ[ERROR_FILE_ENV] = str(error_file)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    task_env = {
+        ERROR_FILE_ENV: str(error_file),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),
+    }
+    task_runner = runner(run_dir, task_env) if runner else local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=str(run_dir), raise_on_error=True)
+    env_before = {key: os.environ.get(key) for key in task_env}
+    os.environ.update(task_env)
     started = time.monotonic()
     try:
         with warnings.catch_warnings():

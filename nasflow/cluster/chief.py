@@ -32,6 +32,7 @@ def run_search_on_cluster(
     oracle_port: int | None = None,
     bootstrap_port: int | None = None,
     poll_s: int = 10,
+    image: str | None = None,
 ) -> None:
     """Chief in this pod, workers as an indexed Job owned by it (garbage-collected with it).
 
@@ -54,6 +55,9 @@ def run_search_on_cluster(
         bootstrap_port: Bootstrap port (``NASFLOW_BOOTSTRAP_PORT``, else
             :data:`~nasflow.cluster.job.BOOTSTRAP_PORT`).
         poll_s: Longest single watch of the Job, i.e. how late a dead chief is noticed.
+        image: The workers' image: the one the pipeline was compiled with (the search
+            component passes it). Default :func:`~nasflow.config.image_reference` of this
+            process's ``NASFLOW_IMAGE_REGISTRY``, which a chief pod usually does not have.
 
     Raises:
         ClusterError: The pod lacks its downward-API settings, or the worker Job failed.
@@ -99,7 +103,7 @@ def run_search_on_cluster(
             chief_ip=chief_ip,
             oracle_port=oracle_port,
             num_workers=num_workers,
-            image=image_reference(),
+            image=image or image_reference(),
             owner_pod_name=pod_name,
             owner_pod_uid=pod_uid,
             namespace=namespace,

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `make test-containers`: build the images from docker/ unchanged with podman, then run the
+# container-tier tests (tests/containers) against them. Everything this run starts (containers,
+# pods, networks, secrets, the Docker-compatible socket service) carries its run id and is
+# removed on exit, also on failure or Ctrl-C; the built images stay cached for the next run.
+#   IMAGE=... IMAGE_GPU=... PYTHON=.venv/bin/python tests/containers/tier.sh [pytest args]
+#   NASFLOW_TIER_GPU_IMAGE=0 skips building docker/Dockerfile.gpu.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=tests/containers/engine.sh
+source "$HERE/engine.sh"
+: "${IMAGE:?set IMAGE to the CPU image tag (make test-containers does)}"
+: "${IMAGE_GPU:?set IMAGE_GPU to the GPU image tag (make test-containers does)}"
+PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+
+engine_setup
+RUN_ID="tier-$(date +%H%M%S)-$$"
+export NASFLOW_TIER_RUN_ID="$RUN_ID"
+export NASFLOW_TIER_STATE="$CONF_DIR/$RUN_ID"
+mkdir -p "$NASFLOW_TIER_STATE"
+
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  set +e  # remove everything that can be removed, whatever fails
+  # Pods first (kube play), then any container or network left by a failed test.
+  local ids
+  ids="$(podman pod ps -q --filter "label=nasflow.tier=$RUN_ID" 2>/dev/null || true)"
+  [ -n "$ids" ] && podman pod rm -f $ids >/dev/null 2>&1
+  ids="$(podman ps -aq --filter "label=nasflow.tier=$RUN_ID" 2>/dev/null || true)"
+  [ -n "$ids" ] && podman rm -f $ids >/dev/null 2>&1
+  ids="$(podman network ls -q --filter "label=nasflow.tier=$RUN_ID" 2>/dev/null || true)"
+  [ -n "$ids" ] && podman network rm -f $ids >/dev/null 2>&1
+  ids="$(podman volume ls -q --filter "label=nasflow.tier=$RUN_ID" 2>/dev/null || true)"
+  [ -n "$ids" ] && podman volume rm -f $ids >/dev/null 2>&1
+  # Secrets made from k8s/ Secrets keep the manifests' names; the session lists them here.
+  if [ -f "$NASFLOW_TIER_STATE/podman-secrets" ]; then
+    sort -u "$NASFLOW_TIER_STATE/podman-secrets" | xargs -r podman secret rm >/dev/null 2>&1
+  fi
+  # The socket service a test session started (its pid file), if the session could not stop it.
+  for pidfile in "$NASFLOW_TIER_STATE"/*.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
+  done
+  rm -rf "$NASFLOW_TIER_STATE"
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+started=$SECONDS
+build_image docker/Dockerfile "$IMAGE"
+if [ "${NASFLOW_TIER_GPU_IMAGE:-1}" != 0 ]; then
+  build_image docker/Dockerfile.gpu "$IMAGE_GPU"
+fi
+note "images ready in $((SECONDS - started)) s"
+cd "$REPO"
+NASFLOW_CONTAINER_TIER=1 NASFLOW_TIER_IMAGE="$IMAGE" NASFLOW_TIER_IMAGE_GPU="$IMAGE_GPU" \
+  "$PYTHON" -m pytest tests/containers -p no:cacheprovider "$@"
+note "container tier passed in $((SECONDS - started)) s"
