@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
+import sqlalchemy.pool
 from mlflow.tracking import MlflowClient
 from mlflow_server import create_tagged_version, running_mlflow_server
 from postgres import postgres_unavailable_reason, running_postgres
@@ -96,6 +99,9 @@ class Gate:
             self.process.wait(timeout=10)
             raise AssertionError(f"promoter process {self.process.pid} died:\n{self.process.stderr.read()}")
         return json.loads(line)
+
+    def has_answer(self) -> bool:
+        return bool(select.select([self.process.stdout], [], [], 0)[0])
 
     def is_stopped(self) -> bool:
         return Path(f"/proc/{self.process.pid}/stat").read_text().split(") ", 1)[1].startswith("T")
@@ -183,6 +189,17 @@ class AliasWatcher:
         self._thread.join(timeout=10)
 
 
+def _advisory_lock_attempts(dsn: str) -> int:
+    """Sessions whose latest statement tried a PostgreSQL advisory lock (the gates' lock connections)."""
+    engine = sqlalchemy.create_engine(dsn, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_lock%'")
+            ).scalar()
+        )
+
+
 def _champion(client: MlflowClient, model: str) -> str | None:
     version = client.get_registered_model(model).aliases.get(CHAMPION_ALIAS)
     return None if version is None else str(version)  # an int from a SQL store, a str over HTTP
@@ -208,11 +225,16 @@ def test_a_stalled_gate_never_makes_a_worse_model_champion(request, backend, gat
         # (renewal thread included) for longer than the lease.
         stalled.send(name, stalled_candidate, gate_uri, "stalled", 0.0, **{lock.PAUSE_ENV: "decided:stop"})
         stalled.wait_stopped()
-        time.sleep(LEASE_S + 1.0)
+        if backend == "http":
+            time.sleep(LEASE_S + 1.0)  # past the lease (a database lock never expires)
         other.send(name, better, gate_uri, "other", 0.0)
         if backend == "postgres":
-            # A database lock does not expire: the second gate waits for the stalled one.
-            time.sleep(1.5)
+            # A database lock does not expire: the second gate waits for the stalled one (seen
+            # trying the advisory lock) and nobody moves champion meanwhile.
+            deadline = time.monotonic() + 120
+            while not (other.has_answer() or _advisory_lock_attempts(gate_uri) >= 2):
+                assert time.monotonic() < deadline, "the second gate neither answered nor tried the lock"
+                time.sleep(0.1)
             assert _champion(client, name) == champion
             stalled.resume()
             stalled_answer = stalled.answer()
