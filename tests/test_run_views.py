@@ -292,3 +292,25 @@ def test_a_cell_space_trial_also_draws_its_cell():
     assert "conv_3x3" in view.cell_dot and "skip_connect" in view.cell_dot
     assert "cell.dot" in view.files()
     assert architecture.describe_model(None, SimpleNamespace(family="cnn"), values).cell_dot == ""
+
+
+def test_trials_finished_by_worker_processes_are_reported_once_each_in_end_order():
+    from types import SimpleNamespace
+
+    def run(run_id, trial, end, status="FINISHED", trial_status="COMPLETED", accuracy=0.5):
+        return SimpleNamespace(
+            info=SimpleNamespace(run_id=run_id, end_time=end, status=status),
+            data=SimpleNamespace(
+                tags={"nasflow.trial_id": trial, "nasflow.trial_status": trial_status, "nasflow.architecture": "mlp"},
+                metrics={"final_val_accuracy": accuracy, "duration_s": 2.0},
+            ),
+        )
+
+    ended = [run("b", "01", 20, accuracy=0.7), run("a", "00", 10)]
+    reporter, lines = _reporter(3)
+    watcher = progress.TrialRunWatcher(lambda: list(ended), reporter, interval_s=3600)
+    watcher.poll()
+    ended += [run("k", "02", 25, status="KILLED", trial_status="KILLED"), run("c", "02", 30, accuracy=0.6)]
+    watcher.stop()  # the last look reports what ended since
+    assert [line.split("  ")[0] for line in lines] == ["trial 1/3", "trial 2/3", "trial 3/3"]
+    assert "best 0.500 (trial 0)" in lines[0] and "best 0.700 (trial 1)" in lines[2]
