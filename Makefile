@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 # Default budget of `make run`: a few minutes on 2 CPU cores.
 DATASET     ?= mnist-5k
-STRATEGY    ?= reinforce
+STRATEGY    ?= tpe
 MAX_TRIALS  ?= 20
 EPOCHS      ?= 3
 TRAIN_EPOCHS ?= 10

@@ -17,7 +17,7 @@ def search(
     search_report_html: Output[HTML],
     tracking_uri: str = "",
     search_space: str = "",
-    strategy: str = "reinforce",
+    strategy: str = "tpe",
     max_trials: int = 8,
     epochs: int = 3,
     seed: int = 42,

@@ -83,7 +83,7 @@ def nas_pipeline(
     dataset: str = "mnist-5k",
     label_column: str = "label",
     search_space: str = "",
-    strategy: str = "reinforce",
+    strategy: str = "tpe",
     max_trials: int = 8,
     epochs: int = 3,
     max_search_minutes: float = 0.0,
@@ -117,7 +117,7 @@ def nas_pipeline(
         dataset: Bundled name (``mnist-5k``, ``digits``, ``wine``...), ``keras:NAME`` or a path.
         label_column: Label column of CSV/Parquet data.
         search_space: Bundled space name or YAML path; empty picks one by the data's modality.
-        strategy: random | bayesian | hyperband | evolution | reinforce.
+        strategy: random | bayesian | hyperband | evolution | reinforce | tpe | gp | nsga2.
         max_trials: Trials to run.
         epochs: Epochs per trial.
         max_search_minutes: Wall-clock budget of the search (0: none).

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from search_harness import run_attempt, trial_runs
 
-from nasflow.search.strategies import STRATEGIES
+from nasflow.search.strategies import STRATEGIES, missing_requirement
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,13 @@ def _check_final_state(uri: str, root: Path, before_last: dict[str, str]) -> Non
     assert best["score"] == pytest.approx(max(run.data.metrics["score"] for run in ended)), "the best finished trial"
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        pytest.param(name, marks=pytest.mark.skipif(bool(missing_requirement(name)), reason=f"needs {missing_requirement(name)}"))
+        for name in STRATEGIES
+    ],
+)
 def test_every_strategy_resumes_after_sigkill_at_each_point(uri, tmp_path, strategy):
     root = tmp_path / strategy
     root.mkdir()
@@ -137,3 +143,33 @@ def test_the_trial_table_has_one_row_per_trial_id_whatever_mlflow_holds(uri):
         run_ids.append(run.run_id)
     rows = collect_trials(parent)
     assert [(row["trial_id"], row["mlflow_run_id"]) for row in rows] == [("0", run_ids[1])], "the run started last"
+
+
+def test_the_state_copy_uploads_only_what_changed_and_restores_it(uri, tmp_path):
+    from nasflow import tracking
+    from nasflow.search.state import MlflowStateCopy
+
+    parent = tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "state-copy"))
+    project = tmp_path / "search"
+    (project / "trial_0").mkdir(parents=True)
+    (project / "oracle.json").write_text('{"end_order": ["0"]}')
+    (project / "tuner0.json").write_text("{}")
+    (project / "trial_0" / "trial.json").write_text('{"status": "COMPLETED"}')
+    (project / "trial_0" / "checkpoint.weights.h5").write_bytes(b"weights")
+    (project / ".oracle.json.abc.tmp").write_text('{"end_or')
+    copy = MlflowStateCopy(parent, project)
+    assert copy.sync() == ["trial_0/trial.json", "tuner0.json", "oracle.json"], "checkpoints and temp files stay"
+    assert copy.sync() == []
+    # One more trial: its trial.json and oracle.json, nothing else (2 uploads per trial).
+    (project / "trial_1").mkdir()
+    (project / "trial_1" / "trial.json").write_text('{"status": "COMPLETED"}')
+    (project / "oracle.json").write_text('{"end_order": ["0", "1"]}')
+    (project / "tuner0.json").write_text("{}")  # rewritten, same content
+    assert copy.sync() == ["trial_1/trial.json", "oracle.json"]
+
+    fresh = tmp_path / "retried-pod" / "search"
+    assert MlflowStateCopy(parent, fresh).restore()
+    restored = sorted(path.relative_to(fresh).as_posix() for path in fresh.rglob("*") if path.is_file())
+    assert restored == ["oracle.json", "trial_0/trial.json", "trial_1/trial.json", "tuner0.json"]
+    assert (fresh / "oracle.json").read_text() == '{"end_order": ["0", "1"]}'
+    assert not MlflowStateCopy(tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "other")), fresh).restore()

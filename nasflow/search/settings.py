@@ -14,8 +14,8 @@ logger = logging.getLogger(__name__)
 PROJECT_NAME = "search"
 
 
-#: The strategy bench/search_efficiency.py found best (bench/results/search_efficiency.md).
-DEFAULT_STRATEGY = "reinforce"
+#: The strategy bench/tabular_nas.py found best (bench/results/tabular_nas.md).
+DEFAULT_STRATEGY = "tpe"
 
 
 OBJECTIVE_NAME = "score"

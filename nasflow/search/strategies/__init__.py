@@ -41,6 +41,17 @@ PARETO_COST = "cost"
 #: What multi-objective strategies optimize in pareto mode: (trial metric, direction).
 PARETO_OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), (PARETO_COST, "min"))
 
+#: Strategies that need a package beyond nasflow's own requirements: name -> module.
+_REQUIRES: dict[str, str] = {"gp": "torch"}
+
+
+def missing_requirement(name: str) -> str | None:
+    """The package strategy ``name`` needs and this environment lacks, or None."""
+    import importlib.util
+
+    module = _REQUIRES.get(name)
+    return module if module is not None and importlib.util.find_spec(module) is None else None
+
 
 @dataclass(frozen=True)
 class OracleSettings:
@@ -109,4 +120,5 @@ __all__ = [
     "OracleSettings",
     "check_strategy",
     "make_oracle",
+    "missing_requirement",
 ]

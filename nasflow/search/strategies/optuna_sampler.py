@@ -524,9 +524,9 @@ def gp(settings: OracleSettings) -> OptunaOracle:
     Raises:
         SearchError: PyTorch, which Optuna's GPSampler computes with, is not installed.
     """
-    import importlib.util
+    from nasflow.search.strategies import missing_requirement
 
-    if importlib.util.find_spec("torch") is None:
+    if missing_requirement("gp"):
         raise SearchError(
             "strategy 'gp' needs PyTorch (Optuna's GPSampler computes with it): "
             "pip install 'nasflow[gp]', or choose another strategy"
