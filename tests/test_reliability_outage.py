@@ -15,15 +15,16 @@ pytestmark = pytest.mark.slow
 
 def test_unreachable_server_fails_before_anything_runs(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
     process = subprocess.run(
-        [sys.executable, "-m", "nasflow.cli.main", "run", "--dataset", "digits", "--tracking-uri", uri,
+        [sys.executable, "-m", "nasflow.cli", "run", "--dataset", "digits", "--tracking-uri", uri,
          "--output-dir", str(tmp_path / "runs"), "--quiet"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert process.returncode == 2
     lines = [line for line in process.stderr.splitlines() if line.startswith("nasflow:")]
     assert len(lines) == 1 and uri in lines[0] and "unreachable" in lines[0], process.stderr
-    assert "retrying" not in process.stderr, "an unreachable server at start is not waited for"
+    assert time.monotonic() - started < 60
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("splits.npz")), "nothing ran"
 
 
@@ -44,7 +45,7 @@ def test_server_restart_mid_search_loses_no_trial(tmp_path):
     finished = {run.data.tags["nasflow.trial_id"]: run for run in runs if run.info.status == "FINISHED"}
     assert sorted(finished) == ["0", "1", "2"], [(r.data.tags.get("nasflow.trial_id"), r.info.status) for r in runs]
     for run in finished.values():
-        for metric in ("final_val_accuracy", "params", "latency_p50_ms", "duration_s"):
+        for metric in ("final_val_accuracy", "params", "flops", "duration_s"):
             assert metric in run.data.metrics, (run.data.tags["nasflow.trial_id"], metric)
     assert (tmp_path / "out" / "best.json").exists()
     assert "retrying" in (tmp_path / "search-0.log").read_text(), "the outage was felt, and ridden out"

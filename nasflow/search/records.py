@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nasflow import faults, progress, tracking
-from nasflow.search.settings import COMPLETED, INFEASIBLE, INVALID, OBJECTIVE_NAME
+from nasflow.search.settings import COMPLETED, INFEASIBLE, INVALID, OBJECTIVE_NAME, PRUNED
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,10 @@ class TrialRecord:
     ) -> None:
         """Send everything left in one batch and end the run (FINISHED, or FAILED for a failure).
 
-        An ``INVALID`` trial (an architecture that cannot be built for the input) ends
-        FINISHED: it is a result of the search, not a failure.
+        A ``PRUNED`` trial (stopped early, see :mod:`nasflow.search.early_stopping`) ends
+        FINISHED: it trained and was scored, on fewer epochs. An ``INVALID`` one (an
+        architecture that cannot be built for the input) ends FINISHED too: it is a result
+        of the search, not a failure.
         """
         tags = {**self._tags, "nasflow.trial_status": status}
         if feasible is not None:
@@ -120,7 +122,7 @@ class TrialRecord:
             tags[tracking.FAILURE_REASON_TAG if status != INFEASIBLE else "nasflow.infeasible_reason"] = reason
         self.run.log_batch(metrics={**metrics, "duration_s": duration_s}, history=self._drain(), tags=tags)
         self._upload_architecture()
-        self.run.terminate("FINISHED" if status in (COMPLETED, INFEASIBLE, INVALID) else "FAILED")
+        self.run.terminate("FINISHED" if status in (COMPLETED, INFEASIBLE, INVALID, PRUNED) else "FAILED")
         self.closed = True
         reporter = progress.search_reporter()
         if reporter is not None:
@@ -241,6 +243,7 @@ def collect_trials(parent: tracking.RunHandle) -> list[dict[str, Any]]:
             "size_kb": (metrics["size_bytes"] / 1024.0) if "size_bytes" in metrics else None,
             "latency_ms": metrics.get("latency_p50_ms"),
             "epochs": metrics.get("epochs_trained"),
+            "pruned_at_epoch": metrics.get("pruned_at_epoch"),
             "duration_s": metrics.get("duration_s"),
             "fit_s": metrics.get("fit_seconds"),
             "architecture": tags.get("nasflow.architecture", ""),

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from nasflow.errors import SearchError
-from nasflow.search.settings import COMPLETED, FAILED, INFEASIBLE, INVALID
+from nasflow.search.settings import COMPLETED, FAILED, INFEASIBLE, INVALID, PRUNED
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ class SearchResult:
 def choose_best(rows: list[dict[str, Any]], objective=None) -> SearchResult:
     """Pick the trial to train, by the objective's selection policy, among feasible completed trials.
 
+    A ``PRUNED`` trial is chosen only when no trial completed: its accuracy is that of fewer
+    epochs, so next to completed trials it is not comparable (and the pruner already judged
+    it worse than the others at the same epoch); but when every trial was stopped early, the
+    best of them is still a better outcome of the search than none.
+
     Raises:
         SearchError: No trial completed within the constraints.
     """
@@ -68,6 +73,12 @@ def choose_best(rows: list[dict[str, Any]], objective=None) -> SearchResult:
 
     objective = objective or ObjectiveConfig()
     completed = [row for row in rows if row["status"] == COMPLETED and row["feasible"]]
+    if not completed and any(row["status"] == PRUNED and row["feasible"] for row in rows):
+        # Selection works on COMPLETED rows; let the pruned ones stand in for them.
+        stand_ins = [{**row, "status": COMPLETED} if row["status"] == PRUNED else row for row in rows]
+        result = choose_best(stand_ins, objective)
+        index = stand_ins.index(result.best_row)
+        return SearchResult(result.best_trial_id, result.best_values, rows[index], rows, result.pareto_front)
     if not completed:
         counts: dict[str, int] = {}
         for row in rows:
@@ -118,6 +129,7 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
         # An architecture that cannot be built is a result of the search, not a failure of it.
         "trials_invalid": float(sum(row["status"] == INVALID for row in rows)),
         "trials_infeasible": float(sum(row["status"] == INFEASIBLE for row in rows)),
+        "trials_pruned": float(sum(row["status"] == PRUNED for row in rows)),
         "best_val_accuracy": float(max(accuracies)) if accuracies else 0.0,
         "mean_trial_seconds": float(np.mean([row["duration_s"] for row in rows if row["duration_s"]] or [0.0])),
     }

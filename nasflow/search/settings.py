@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from nasflow.errors import SearchError
 from nasflow.search.strategies import check_strategy
@@ -26,6 +29,15 @@ COMPLETED, FAILED, INVALID, INFEASIBLE = "COMPLETED", "FAILED", "INVALID", "INFE
 #: Objective score of an INVALID trial (an architecture that cannot be built for the input):
 #: as low as an infeasible one's, so every strategy learns to avoid the region.
 INVALID_SCORE = -1.0
+#: A trial the early-stopping rule stopped before its last epoch (see nasflow.search.early_stopping).
+PRUNED = "PRUNED"
+
+#: ``warm_start`` when not given: "auto" reads earlier runs, a run id names one (nasflow.search.warm_start).
+DEFAULT_WARM_START = "none"
+
+#: ``measure_costs`` choices: what the objective and constraints need (plus a final
+#: measurement of the chosen and Pareto candidates), every cost, or params and FLOPs only.
+MEASURE_COSTS: tuple[str, ...] = ("auto", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -33,21 +45,33 @@ class SearchSettings:
     """Everything that shapes one search, apart from data and space."""
 
     strategy: str = DEFAULT_STRATEGY
-    max_trials: int = 10
+    max_trials: int = 8
     epochs: int = 3
     seed: int = 42
     max_search_minutes: float = 0.0
     max_consecutive_failed_trials: int = 5
     batch_size: int | None = None
-    measure_latency: bool = True
+    #: Which costs each trial measures: see :data:`MEASURE_COSTS`.
+    measure_costs: str = "auto"
+    #: Stop poor trials early: see :data:`nasflow.search.early_stopping.EARLY_STOPPING`.
+    early_stopping: str = "none"
+    #: Trials of earlier runs as ``(hyperparameter values, score)`` pairs, best first
+    #: (warm start, see :mod:`nasflow.search.warm_start`); not trials of this search.
+    prior_observations: tuple = ()
     #: Worker processes pulling trials from one chief oracle (0: trials run in this process).
     num_workers: int = 0
     #: Start a fresh worker process after this many trials (0: never), to keep the
     #: per-trial overhead flat despite Keras' leak across builds.
     trials_per_process: int = 0
 
-    def validate(self) -> None:
-        """Raise ``SearchError`` naming the first bad setting."""
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> SearchSettings:
+        """The settings named in a mapping of pipeline parameters (others are ignored)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in parameters.items() if name in names})
+
+    def __post_init__(self) -> None:
+        """Refuse a bad setting where it is made: ``SearchError`` naming the first one."""
         check_strategy(self.strategy)
         if self.max_trials < 1:
             raise SearchError(f"max_trials must be at least 1, got {self.max_trials}")
@@ -57,6 +81,14 @@ class SearchSettings:
             raise SearchError(f"max_search_minutes must be >= 0, got {self.max_search_minutes}")
         if self.num_workers < 0 or self.trials_per_process < 0:
             raise SearchError("num_workers and trials_per_process must be >= 0")
+        if self.measure_costs not in MEASURE_COSTS:
+            raise SearchError(f"measure_costs must be one of {', '.join(MEASURE_COSTS)}, got {self.measure_costs!r}")
+        from nasflow.search.early_stopping import EARLY_STOPPING
+
+        if self.early_stopping not in EARLY_STOPPING:
+            raise SearchError(
+                f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, got {self.early_stopping!r}"
+            )
 
     @property
     def uses_worker_processes(self) -> bool:

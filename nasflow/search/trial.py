@@ -20,6 +20,7 @@ from nasflow.search.settings import (
     INVALID,
     INVALID_SCORE,
     OBJECTIVE_NAME,
+    PRUNED,
     SearchSettings,
 )
 from nasflow.search.strategies import PARETO_COST
@@ -67,7 +68,8 @@ class TrialContext:
         import keras
         import keras_tuner
 
-        from nasflow.search.costs import count_flops, count_params, measure_candidate_costs
+        from nasflow.search.costs import costs_to_measure, count_flops, count_params, measure_candidate_costs
+        from nasflow.search.early_stopping import epoch_reporter
         from nasflow.search.objectives import constraint_violations, cost_value, objective_score
         from nasflow.spaces.schema import describe_architecture
 
@@ -129,6 +131,10 @@ class TrialContext:
             callbacks = [keras.callbacks.TerminateOnNaN()]
             if record is not None:
                 callbacks.append(epoch_logger_cls(record))
+            reporter = None
+            if self.settings.early_stopping != "none":
+                reporter = epoch_reporter(tuner.oracle, trial.trial_id)
+                callbacks.append(reporter)
             fit_started = time.monotonic()
             history = model.fit(
                 self.data.x_train,
@@ -145,10 +151,14 @@ class TrialContext:
             if not losses or any(not math.isfinite(loss) for loss in losses):
                 raise keras_tuner.errors.FailedTrialError(f"loss became NaN/inf at epoch {initial_epoch + len(losses)}")
             val_accuracy = float(history.history["val_accuracy"][-1])
-            os.makedirs(os.path.dirname(tuner._get_checkpoint_fname(trial.trial_id)), exist_ok=True)
-            model.save_weights(tuner._get_checkpoint_fname(trial.trial_id))
+            pruned_at = reporter.pruned_at if reporter is not None else None
+            if self.settings.strategy == "hyperband":
+                # Only Hyperband continues trials from their weights; saving costs time.
+                os.makedirs(os.path.dirname(tuner._get_checkpoint_fname(trial.trial_id)), exist_ok=True)
+                model.save_weights(tuner._get_checkpoint_fname(trial.trial_id))
+            measure_size, measure_latency = costs_to_measure(self.objective, self.settings.measure_costs)
             costs = measure_candidate_costs(
-                model, self.data.x_val[:1], measure_latency=self.settings.measure_latency
+                model, self.data.x_val[:1], measure_latency=measure_latency, measure_size=measure_size
             ).to_dict()
             cost_row = _cost_row(costs)
             violations = constraint_violations(cost_row, self.objective)
@@ -162,20 +172,19 @@ class TrialContext:
                 OBJECTIVE_NAME: score,
                 "params": float(costs["params"]),
                 "flops": float(costs["flops"]),
-                "size_bytes": float(costs["size_bytes"]),
-                "latency_p50_ms": float(costs["latency_p50_ms"]),
-                "latency_p95_ms": float(costs["latency_p95_ms"]),
+                **cost_metrics(costs),
                 "fit_seconds": fit_seconds,
-                "epochs_trained": float(epochs - initial_epoch),
+                "epochs_trained": float((pruned_at or epochs) - initial_epoch),
             }
-            if record is not None:
+            status = COMPLETED if feasible else INFEASIBLE
+            if pruned_at is not None:
+                metrics["pruned_at_epoch"] = float(pruned_at)
+                status = PRUNED if feasible else INFEASIBLE
+                if record is not None:
+                    record.tag({"nasflow.pruned_at_epoch": pruned_at})
+            if record is not None and measure_latency:
                 record.tag({"nasflow.latency_runtime": costs.get("latency_runtime", "")})
-            finish(
-                COMPLETED if feasible else INFEASIBLE,
-                metrics,
-                reason="; ".join(violations),
-                feasible=feasible,
-            )
+            finish(status, metrics, reason="; ".join(violations), feasible=feasible)
             del model
             result = {OBJECTIVE_NAME: score, "val_accuracy": val_accuracy}
             if self.objective.mode == "pareto":
@@ -207,11 +216,25 @@ def _trial_number(trial_id: str) -> int:
     return int(digits) if digits else 0
 
 
-def _cost_row(costs: Mapping[str, Any]) -> dict[str, float]:
+def cost_metrics(costs: Mapping[str, Any]) -> dict[str, float]:
+    """The size and latency metrics of a trial run, leaving out what was not measured."""
+    metrics = {}
+    if costs["size_bytes"]:
+        metrics["size_bytes"] = float(costs["size_bytes"])
+    if math.isfinite(costs["latency_p50_ms"]):
+        metrics["latency_p50_ms"] = float(costs["latency_p50_ms"])
+        metrics["latency_p95_ms"] = float(costs["latency_p95_ms"])
+    return metrics
+
+
+def _cost_row(costs: Mapping[str, Any]) -> dict[str, float | None]:
+    # Costs that were not measured are None: objective_score and the constraints treat
+    # them as absent (a constraint on an absent cost is a violation, so auto measures it).
+    size = costs["size_bytes"] or None
     return {
         "params": costs["params"],
         "flops": costs["flops"],
-        "size_kb": costs["size_bytes"] / 1024.0,
-        "size_bytes": costs["size_bytes"],
-        "latency_ms": costs["latency_p50_ms"],
+        "size_kb": size / 1024.0 if size else None,
+        "size_bytes": size,
+        "latency_ms": costs["latency_p50_ms"] if math.isfinite(costs["latency_p50_ms"]) else None,
     }

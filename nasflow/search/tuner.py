@@ -8,6 +8,7 @@ from the oracle because on a worker the oracle is a gRPC client without ``trials
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -131,13 +132,17 @@ def run_search(
     """
     import keras_tuner
 
-    from nasflow.search.costs import cheap_constraint_check
+    from nasflow.search.costs import cheap_constraint_check, costs_to_measure
+    from nasflow.search.early_stopping import add_early_stopping, make_pruner
     from nasflow.search.objectives import ObjectiveConfig
+    from nasflow.search.warm_start import add_reevaluation, reevaluation_count, usable_priors
 
     settings.validate()
     objective = objective or ObjectiveConfig()
+    costs_to_measure(objective, settings.measure_costs)  # refuses 'none' for a cost objective
     hyperparameters = keras_tuner.HyperParameters()
     space.declare(hyperparameters)
+    priors = usable_priors(hyperparameters, settings.prior_observations)
     deadline = time.monotonic() + settings.max_search_minutes * 60 if settings.max_search_minutes else None
     context = TrialContext(space, data, settings, objective, parent, deadline, trials_this_process=trials_this_process)
     oracle = make_oracle(
@@ -153,9 +158,14 @@ def run_search(
             constraint_check=cheap_constraint_check(
                 lambda hp: space.build_model(hp, context.input_shape, context.num_classes), hyperparameters, objective
             ),
+            prior_observations=tuple(priors),
             pareto_objectives=PARETO_OBJECTIVES if objective.mode == "pareto" else None,
         ),
     )
+    # Both wrap the strategy's own oracle class; in a distributed search they act on the
+    # chief, which owns the oracle (a worker's oracle is replaced by a gRPC client).
+    oracle = add_reevaluation(oracle, priors, reevaluation_count(settings.max_trials))
+    oracle = add_early_stopping(oracle, make_pruner(settings.early_stopping), settings.epochs)
     # Atomic state files and a budget that counts every attempt (nasflow.search.state).
     oracle = make_crash_safe(oracle)
     tuner_class = _make_tuner_class()
@@ -174,6 +184,12 @@ def run_search(
     if parent is not None and not overwrite and not _is_distributed_worker():
         # Only the process that owns the oracle knows which trials have ended.
         context.interrupted_runs = reconcile_trial_runs(parent, tuner.oracle)
+    # Every trial starts with clear_session(), whose gc.collect() walks every Python object
+    # of the process: with TensorFlow loaded that is ~1-2 s a trial, most of the time outside
+    # fit (bench/results/cheap_trials.md). Objects alive now (modules, data) are moved out of
+    # the collector's sight for the search, so each collection walks only the trials' objects.
+    gc.collect()
+    gc.freeze()
     try:
         tuner.search()
     except _BudgetExhausted:
@@ -186,6 +202,8 @@ def run_search(
         first_line = str(error).splitlines()[0]
         reason = _last_failure_reason(str(error))
         raise SearchError(f"search stopped: {first_line.rstrip('.')}; last failure: {reason}") from error
+    finally:
+        gc.unfreeze()
     return tuner
 
 

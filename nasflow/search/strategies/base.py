@@ -190,6 +190,8 @@ class SeededOracle(keras_tuner.Oracle):
             is never handed out but drawn again.
         max_constraint_attempts: Proposals tried per trial before the search stops
             because the constraints appear unsatisfiable.
+        prior_observations: ``(values, score)`` of earlier searches (warm start), best
+            first; subclasses decide what they learn from them.
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class SeededOracle(keras_tuner.Oracle):
         max_consecutive_failed_trials: int = 3,
         constraint_check: ConstraintCheck | None = None,
         max_constraint_attempts: int = 100,
+        prior_observations=(),
     ):
         super().__init__(
             objective=objective,
@@ -220,6 +223,7 @@ class SeededOracle(keras_tuner.Oracle):
             self._seed_state = self.seed
         self.constraint_check = constraint_check
         self.max_constraint_attempts = max_constraint_attempts
+        self.prior_observations = [(dict(values), float(score)) for values, score in prior_observations]
         self._proposals = 0
         self.constraint_rejections = 0
 

@@ -4,6 +4,10 @@ The first ``population_size`` trials are random. After that each trial takes the
 ``sample_size`` trials drawn from the population (the most recent ``population_size``
 completed trials: the oldest dies first, whatever its score), optionally crosses it
 with a second tournament winner, and mutates exactly one active hyperparameter.
+
+Warm-started (``prior_observations``), the best priors make up the initial population,
+so evolution starts as soon as they fill a tournament; they are the oldest members and
+die first as trials complete.
 """
 
 from __future__ import annotations
@@ -69,6 +73,16 @@ class EvolutionOracle(SeededOracle):
         self.crossover_probability = crossover_probability
         self.mutation_weights = dict(mutation_weights or {})
 
+    def _members(self) -> list[tuple[dict, float]]:
+        """``(values, score)`` of the living population, oldest first (priors before trials)."""
+        trials = [
+            (dict(self.trials[trial_id].hyperparameters.values), self._score_for_maximizing(self.trials[trial_id]))
+            for trial_id in self.population
+        ]
+        room = self.population_size - len(trials)
+        priors = [(values, score) for values, score in self.prior_observations[:room]] if room > 0 else []
+        return priors[::-1] + trials
+
     @property
     def population(self) -> list[str]:
         """Trial ids of the living population, oldest first."""
@@ -80,10 +94,9 @@ class EvolutionOracle(SeededOracle):
         ]
         return completed[-self.population_size :]
 
-    def _tournament(self, population: list[str], rng: random.Random) -> dict:
+    def _tournament(self, population: list[tuple[dict, float]], rng: random.Random) -> dict:
         contenders = rng.sample(population, min(self.sample_size, len(population)))
-        winner = max(contenders, key=lambda trial_id: self._score_for_maximizing(self.trials[trial_id]))
-        return dict(self.trials[winner].hyperparameters.values)
+        return dict(max(contenders, key=lambda member: member[1])[0])
 
     def _crossover(self, first: Mapping, second: Mapping, rng: random.Random) -> dict:
         hps = self.hyperparameters.copy()
@@ -131,8 +144,10 @@ class EvolutionOracle(SeededOracle):
         Returns:
             New values, or None when no untried values can be found.
         """
-        population = self.population
-        if len(self.start_order) < self.population_size or not population:
+        population = self._members()
+        # Warm-started, evolution begins once the priors fill a tournament.
+        warm = bool(self.prior_observations) and len(population) >= self.sample_size
+        if not warm and (len(self.start_order) < self.population_size or not population):
             return self._random_new(rng, rejected)
         for _ in range(5 * (self._max_collisions + 1)):
             parent = self._tournament(population, rng)
@@ -183,5 +198,6 @@ def make(settings: OracleSettings) -> EvolutionOracle:
         **sizes_for_budget(settings.max_trials),
         max_trials=settings.max_trials,
         constraint_check=settings.constraint_check,
+        prior_observations=settings.prior_observations,
         **settings.common(),
     )

@@ -6,19 +6,21 @@ floats in equal-probability bins, log-spaced for log sampling). A trial samples 
 hyperparameters active under the values drawn so far, so conditional scopes hold. When a
 trial completes, its score is the reward and every logit it used moves along
 ``advantage * grad log p(choice)``, with the advantage measured against a moving-average
-baseline.
+baseline. Warm-started (``prior_observations``), the policy first takes one such step per
+prior, in a seeded random order, as if it had run those trials itself.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 
 from keras_tuner.engine import trial as trial_module
 
 from nasflow.errors import SearchError
 from nasflow.search.strategies import OracleSettings
-from nasflow.search.strategies.base import SeededOracle, discrete_values, hp_key
+from nasflow.search.strategies.base import SeededOracle, active_hyperparameters, discrete_values, hp_key
 
 #: Normalized advantages are clipped to this magnitude so one outlier cannot saturate a softmax.
 ADVANTAGE_CLIP = 5.0
@@ -88,6 +90,34 @@ class ReinforceOracle(SeededOracle):
         self.updates = 0
         #: How many trials of ``end_order`` the policy has learned from.
         self._learned = 0
+        self._priors_learned = False
+
+    def _encode(self, values: Mapping) -> dict[str, int]:
+        """Policy key -> index of the option nearest each active value (binned floats)."""
+        choices: dict[str, int] = {}
+        for hp in active_hyperparameters(self.hyperparameters, values):
+            options = discrete_values(hp, self.bins)
+            value = values[hp.name]
+            if value in options:
+                index = options.index(value)
+            elif isinstance(value, int | float) and all(isinstance(option, int | float) for option in options):
+                index = min(range(len(options)), key=lambda k: abs(options[k] - value))
+            else:
+                continue
+            choices[hp_key(hp)] = index
+            self._logits_for(hp_key(hp), len(options))
+        return choices
+
+    def learn_priors(self) -> int:
+        """One policy step per prior observation, once per search (saved with the state)."""
+        if self._priors_learned:
+            return 0
+        self._priors_learned = True
+        priors = list(self.prior_observations)
+        random.Random(f"{self.seed}:priors").shuffle(priors)
+        for values, score in priors:
+            self.learn(self._encode(values), score if self.objective.direction == "max" else -score)
+        return len(priors)
 
     def _logits_for(self, key: str, size: int) -> list[float]:
         logits = self._logits.get(key)
@@ -122,6 +152,7 @@ class ReinforceOracle(SeededOracle):
         Returns:
             New values, or None when no untried values can be found.
         """
+        self.learn_priors()
         for uniform in (False, True):
             for _ in range(self._max_collisions + 1):
                 values, choices = self._sample(rng, uniform)
@@ -225,6 +256,7 @@ class ReinforceOracle(SeededOracle):
             "rewards_seen": self._rewards_seen,
             "choices": self._choices,
             "updates": self.updates,
+            "priors_learned": self._priors_learned,
             "learned": self._learned,
         }
         return state
@@ -245,9 +277,15 @@ class ReinforceOracle(SeededOracle):
             for trial_id, choices in reinforce.get("choices", {}).items()
         }
         self.updates = int(reinforce.get("updates", 0))
+        self._priors_learned = bool(reinforce.get("priors_learned", False))
         self._learned = int(reinforce.get("learned", len(self.end_order)))
 
 
 def make(settings: OracleSettings) -> ReinforceOracle:
     """The registry's factory for this strategy."""
-    return ReinforceOracle(max_trials=settings.max_trials, constraint_check=settings.constraint_check, **settings.common())
+    return ReinforceOracle(
+        max_trials=settings.max_trials,
+        constraint_check=settings.constraint_check,
+        prior_observations=settings.prior_observations,
+        **settings.common(),
+    )
