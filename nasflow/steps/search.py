@@ -37,6 +37,9 @@ def search_step(
     num_workers: int = 0,
     trials_per_process: int = 0,
     html_report_path: str = "",
+    early_stopping: str = "none",
+    measure_costs: str = "auto",
+    warm_start: str = "none",
 ) -> dict[str, float]:
     """Run the architecture search and write the best hyperparameters, trial table and report.
 
@@ -71,9 +74,15 @@ def search_step(
         max_search_minutes=max_search_minutes,
         num_workers=num_workers,
         trials_per_process=trials_per_process,
+        early_stopping=early_stopping,
+        measure_costs=measure_costs,
     )
     settings.validate()
+    from nasflow.search.costs import costs_to_measure
+
+    costs_to_measure(objective_config, settings.measure_costs)  # refuses 'none' for a cost objective
     parent = tracking.open_parent(tracking_uri, parent_run_id)
+    settings = _warm_start(parent, settings, warm_start, data, space, objective_config)
     parent.log_params(
         {
             "search.strategy": strategy,
@@ -106,10 +115,12 @@ def search_step(
             )
 
     rows = collect_trials(parent)
+    result = choose_best(rows, objective_config)
+    if settings.measure_costs == "auto":
+        result = _measure_chosen_and_front(parent, rows, result, space, data, objective_config)
     Path(trial_table_path).parent.mkdir(parents=True, exist_ok=True)
     write_trial_table(rows, trial_table_path)
     log_named(parent, trial_table_path, "trials.csv", "search")
-    result = choose_best(rows, objective_config)
     document = result.best_hyperparameters_json(str(space_path))
     document["search_space_config"] = space.to_dict()
     document["objective"] = objective_config.__dict__
@@ -130,6 +141,75 @@ def search_step(
     metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
     parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
     return metrics
+
+
+def _warm_start(parent, settings, warm_start: str, data, space, objective):
+    """Tag the parent run for later runs to find; return the settings with this run's priors."""
+    import dataclasses
+
+    from nasflow.search.warm_start import WARM_START_TAG, find_earlier_runs, prior_observations, run_tags
+
+    tags = run_tags(data.metadata.content_hash, space, objective)
+    parent.set_tags(tags)
+    earlier = find_earlier_runs(parent, warm_start, tags)
+    if not earlier:
+        if warm_start not in ("", "none"):
+            logger.info("warm start: no earlier run on the same data and space; starting cold")
+        return settings
+    priors = prior_observations(parent, earlier, objective)
+    parent.set_tags({WARM_START_TAG: ",".join(run.info.run_id for run in earlier)})
+    parent.log_params({"search.warm_start_priors": len(priors)})
+    logger.info("warm start: %d prior observations from %d earlier run(s)", len(priors), len(earlier))
+    return dataclasses.replace(settings, prior_observations=tuple(priors))
+
+
+def _measure_chosen_and_front(parent, rows, result, space, data, objective):
+    """Measure TFLite size and LiteRT latency of the chosen trial and the Pareto candidates.
+
+    With ``measure_costs="auto"`` trials measure only what the objective needs, so an
+    accuracy search has no size or latency yet. The chosen trial and the Pareto front (on
+    the objective's cost, or on FLOPs where that cost was not measured) are measured now,
+    once each, and logged to their trial runs. The models are built again from their values
+    without training: size and latency depend on the architecture, not on the weights.
+
+    Returns:
+        The result, its Pareto front computed again with the measured costs.
+    """
+    from nasflow.search.costs import measure_candidate_costs
+    from nasflow.search.objectives import cost_value, pareto_front
+    from nasflow.search.selection import SearchResult, _cost_key
+    from nasflow.search.trial import cost_metrics
+    from nasflow.train import hyperparameters_from_values
+
+    cost_key = _cost_key(objective)
+    chosen = rows.index(result.best_row)
+    candidates = {chosen, *pareto_front(rows, cost_key), *pareto_front(rows, "flops")}
+    for index in sorted(candidates):
+        row = rows[index]
+        need_latency, need_size = cost_value(row, "latency_ms") is None, cost_value(row, "size_kb") is None
+        if not (need_latency or need_size):
+            continue
+        try:
+            model = space.build_model(
+                hyperparameters_from_values(space, row["values"]),
+                list(data.metadata.input_shape),
+                int(data.metadata.num_classes),
+            )
+            costs = measure_candidate_costs(
+                model, data.x_val[:1], measure_latency=need_latency, measure_size=need_size
+            ).to_dict()
+        except Exception as error:  # noqa: BLE001 - a missing cost must not lose the search
+            logger.warning("trial %s: could not measure size and latency: %s", row["trial_id"], error)
+            continue
+        metrics = cost_metrics(costs)
+        tags = {"nasflow.costs_measured": "after-search"}
+        if need_latency:
+            tags["nasflow.latency_runtime"] = costs["latency_runtime"]
+            row["latency_ms"] = metrics.get("latency_p50_ms")
+        if need_size and "size_bytes" in metrics:
+            row["size_kb"] = metrics["size_bytes"] / 1024.0
+        tracking.RunHandle(parent.client, row["mlflow_run_id"]).log_batch(metrics=metrics, tags=tags)
+    return SearchResult(result.best_trial_id, result.best_values, result.best_row, rows, pareto_front(rows, cost_key))
 
 
 @contextlib.contextmanager
