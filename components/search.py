@@ -34,6 +34,9 @@ def search(
     state_dir: str = "",
     num_workers: int = 0,
     trials_per_process: int = 0,
+    early_stopping: str = "none",
+    measure_costs: str = "auto",
+    warm_start: str = "none",
 ):
     """Search the space (0 means "no constraint"); outputs the best hyperparameters (JSON), the trial table (CSV) and a report."""
     from nasflow.steps.search import search_step
@@ -66,6 +69,9 @@ def search(
         state_dir=state_dir,
         num_workers=num_workers,
         trials_per_process=trials_per_process,
+        early_stopping=early_stopping,
+        measure_costs=measure_costs,
+        warm_start=warm_start,
     )
     for name, value in metrics.items():
         search_metrics.log_metric(name, value)

@@ -110,6 +110,9 @@ def nas_pipeline(
     run_identity: str = "",
     num_workers: int = 0,
     trials_per_process: int = 0,
+    early_stopping: str = "none",
+    measure_costs: str = "auto",
+    warm_start: str = "none",
 ):
     """Search, train, compress and register a model for ``dataset``.
 
@@ -145,6 +148,12 @@ def nas_pipeline(
             (and state_dir) resumes it. Empty: the KFP pipeline-job id.
         num_workers: Search workers pulling trials from one chief oracle (0: trials in the search task).
         trials_per_process: Recycle a worker process after this many trials (0: never).
+        early_stopping: Stop poor trials early (median stopping rule or ASHA); the budget is
+            then max_trials x epochs epochs, and what a stopped trial leaves funds more trials.
+        measure_costs: Costs each trial measures: auto (what the objective and constraints
+            use, then the chosen and Pareto candidates), all, or none (params and FLOPs only).
+        warm_start: auto (earlier runs on the same data and space in this experiment), an
+            MLflow run id, or none: their trials become the strategy's prior observations.
     """
     finish = _cluster_settings(
         finish_tracking(
@@ -196,6 +205,9 @@ def nas_pipeline(
                 state_dir=state_dir,
                 num_workers=num_workers,
                 trials_per_process=trials_per_process,
+                early_stopping=early_stopping,
+                measure_costs=measure_costs,
+                warm_start=warm_start,
             )
         )
         # A retry resumes: the search state and the training backup are kept in the parent run.
