@@ -87,6 +87,9 @@ def plot_best_so_far(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Non
         axes.scatter(*zip(*scored, strict=True), s=14, color="0.6", label="trial")
     if points:
         axes.step(*zip(*points, strict=True), where="post", color="tab:blue", label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted, not measured
     axes.set_xlabel("trial")
     axes.set_ylabel("validation accuracy")
     axes.set_title("Best validation accuracy so far")
