@@ -18,6 +18,9 @@ each for something kube play (or a machine without a cluster) cannot do:
   controller names them (``<claim>-<set>-0``).
 * **Service DNS**: no cluster DNS here; the ConfigMap's database host is set to the database
   pod's address on the podman network.
+* **$(VAR) in env values**: Kubernetes expands a reference to an earlier variable of the
+  container; kube play passes ``$(VAR)`` on literally. Such values are expanded here from the
+  ConfigMaps and Secrets the earlier variables read.
 * Namespace, ServiceAccount, Role(Binding), NetworkPolicy, Service: API objects with no
   container to run; left out (what they express is not exercised here).
 """
@@ -28,6 +31,7 @@ import base64
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,6 +45,7 @@ from nasflow.config import repo_root
 #: Kinds kube play starts or reads, passed on as they are (after the conversions above).
 PLAYED_KINDS = ("ConfigMap", "PersistentVolumeClaim", "Deployment")
 SECRETS_FILE = STATE_DIR / "podman-secrets"
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def render(overlay: str = "k8s/overlays/local") -> list[dict[str, Any]]:
@@ -129,6 +134,27 @@ def convert_volumes(deployment: dict[str, Any], secrets: dict[str, dict[str, Any
             folder.chmod(0o2770)
             volume["hostPath"] = {"path": str(folder), "type": "Directory"}
     return config_maps
+
+
+def expand_dependent_env(
+    deployment: dict[str, Any], config_maps: dict[str, dict[str, Any]], secrets: dict[str, dict[str, Any]]
+) -> None:
+    """Expand ``$(VAR)`` in env values as Kubernetes does (kube play does not)."""
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        known: dict[str, str] = {}
+        for entry in container.get("env", []):
+            source = entry.get("valueFrom", {})
+            if "configMapKeyRef" in source:
+                ref = source["configMapKeyRef"]
+                known[entry["name"]] = str(config_maps[ref["name"]]["data"][ref["key"]])
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = secrets[ref["name"]]
+                value = secret.get("stringData", {}).get(ref["key"])
+                known[entry["name"]] = str(value) if value is not None else base64.b64decode(secret["data"][ref["key"]]).decode()
+            elif "value" in entry:
+                entry["value"] = _VAR.sub(lambda match, seen=known: seen.get(match.group(1), match.group(0)), str(entry["value"]))
+                known[entry["name"]] = entry["value"]
 
 
 def play(documents: list[dict[str, Any]], path: Path, *, network: str, ip: str) -> str:

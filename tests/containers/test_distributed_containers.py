@@ -29,11 +29,16 @@ MAX_TRIALS = 4
 CHIEF_UID = "5d0c6c1e-7d0b-4b5e-9d1f-2a3b4c5d6e7f"
 
 
-def _network() -> tuple[str, str, str]:
-    """A podman network of this run: its name, the gateway (the host) and the chief's address."""
+def _network(image: str) -> tuple[str, str, str]:
+    """A podman network of this run: its name, the gateway (the host) and the chief's address.
+
+    netavark creates the bridge (and the gateway address the host's servers bind) only when a
+    first container joins, so a placeholder container holds it up for the test.
+    """
     octet = 20 + os.getpid() % 200
     name = f"{RUN_ID}-net"
     podman("network", "create", "--label", LABEL, "--subnet", f"10.89.{octet}.0/24", name)
+    run_container(image, ["sleep", "infinity"], name=f"{RUN_ID}-net-holder", network=name)
     return name, f"10.89.{octet}.1", f"10.89.{octet}.10"
 
 
@@ -53,7 +58,7 @@ def _kill_mid_trial(uri: str, kubelet: PodmanKubelet, stop: threading.Event, kil
 
 
 def test_chief_and_two_worker_containers_share_one_search(tmp_path: Path, cpu_image: str):
-    network, gateway, chief_ip = _network()
+    network, gateway, chief_ip = _network(cpu_image)
     kubelet = PodmanKubelet(
         tmp_path / "pods", network=network, secrets_data={CLUSTER_CREDENTIALS_SECRET: {}}
     )
@@ -104,6 +109,10 @@ def test_chief_and_two_worker_containers_share_one_search(tmp_path: Path, cpu_im
     finally:
         stop.set()
         kube.close()
+        for pod in kubelet.pods:
+            podman("rm", "-f", pod.name, check=False)
+        podman("rm", "-f", f"{RUN_ID}-chief", f"{RUN_ID}-net-holder", check=False)
+        podman("network", "rm", "-f", network, check=False)
 
     finished = [run for run in trials if run.info.status in ("FINISHED", "FAILED")]
     trial_ids = [run.data.tags["nasflow.trial_id"] for run in finished]

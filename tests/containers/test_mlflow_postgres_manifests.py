@@ -24,6 +24,7 @@ from kube_play import (
     convert_volumes,
     create_secrets,
     down,
+    expand_dependent_env,
     play,
     remove_secrets,
     render,
@@ -111,11 +112,13 @@ def manifest_mlflow(tmp_path_factory, cpu_image) -> Iterator[tuple[str, dict[str
         server = _labelled(by_kind(objects, "Deployment")["mlflow"])
         assert server["spec"]["template"]["spec"]["containers"][0]["image"] == cpu_image
         server_files = convert_volumes(server, secrets_by_name, root / "volumes")
+        expand_dependent_env(server, configs, secrets_by_name)
         played.append(root / "mlflow.yaml")
         play([configs["nasflow-config"], configs["mlflow-auth-config"], *server_files, server], played[-1],
              network=network, ip=mlflow_ip)  # fmt: skip
         uri = f"http://{mlflow_ip}:5000"
-        _wait(lambda: _http_status(f"{uri}/health") == 200, "MLflow", 240, MLFLOW_CONTAINER)
+        # MLflow creates its schema in PostgreSQL on first start: minutes on a busy 2-core machine.
+        _wait(lambda: _http_status(f"{uri}/health") == 200, "MLflow", 600, MLFLOW_CONTAINER)
         secret = by_kind(objects, "Secret")["nasflow-mlflow-credentials"]["stringData"]
         yield uri, {key: secret[key] for key in MLFLOW_CREDENTIAL_KEYS}
     finally:

@@ -14,6 +14,10 @@ source "$HERE/engine.sh"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 
 engine_setup
+# One tier at a time per machine: the k8s/ manifests fix pod and secret names, so two runs
+# would meet (a second run waits here).
+exec 9>"/run/lock/nasflow-container-tier.lock"
+flock 9
 RUN_ID="tier-$(date +%H%M%S)-$$"
 export NASFLOW_TIER_RUN_ID="$RUN_ID"
 export NASFLOW_TIER_STATE="$CONF_DIR/$RUN_ID"

@@ -26,7 +26,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   [ -n "${POSTGRES_PASSWORD:-}" ] || { echo "error: POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) is empty" >&2; exit 1; }
   mkdir -p "$PGDATA"
   chmod 700 "$PGDATA"
-  initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \
+  # UTF8 as in the official image (LANG=en_US.utf8 there); with C the database is SQL_ASCII and
+  # psycopg returns bytes, which SQLAlchemy cannot parse.
+  initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") --encoding=UTF8 --locale=C.UTF-8 \
     --auth-local=trust --auth-host=scram-sha-256 -D "$PGDATA" >/dev/null
   printf 'host all all all scram-sha-256\n' >>"$PGDATA/pg_hba.conf"
   pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/var/run/postgresql" -w start >/dev/null
