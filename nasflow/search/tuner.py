@@ -137,7 +137,6 @@ def run_search(
     from nasflow.search.objectives import ObjectiveConfig
     from nasflow.search.warm_start import add_reevaluation, reevaluation_count, usable_priors
 
-    settings.validate()
     objective = objective or ObjectiveConfig()
     costs_to_measure(objective, settings.measure_costs)  # refuses 'none' for a cost objective
     hyperparameters = keras_tuner.HyperParameters()

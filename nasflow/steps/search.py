@@ -77,7 +77,6 @@ def search_step(
         early_stopping=early_stopping,
         measure_costs=measure_costs,
     )
-    settings.validate()
     from nasflow.search.costs import costs_to_measure
 
     costs_to_measure(objective_config, settings.measure_costs)  # refuses 'none' for a cost objective
