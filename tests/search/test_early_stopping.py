@@ -74,7 +74,7 @@ def test_rungs_and_names():
     assert EARLY_STOPPING == ("none", "median", "asha")
     assert make_pruner("none") is None and isinstance(make_pruner("asha"), SuccessiveHalving)
     with pytest.raises(SearchError, match="early_stopping must be one of none, median, asha"):
-        SearchSettings(early_stopping="hyperband").validate()  # raises when made (validate: older settings)
+        SearchSettings(early_stopping="hyperband")
 
 
 def _oracle(max_trials: int, epochs: int):
