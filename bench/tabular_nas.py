@@ -315,15 +315,16 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
         "and Keras Tuner's oracle protocol with `max_trials` = the budget; Optuna peers use their",
         "default samplers. Lower is better; **bold** = lowest mean of the row's budget.",
         "",
-        f"Seeds: {meta.get('seeds')}; wall time: {meta.get('wall_seconds', '?')} s; {meta.get('platform', '')}",
+        f"Search seeds: up to {meta.get('seeds')} (per row: the seeds column); CPU-bound time of the searches:"
+        f" {meta.get('wall_seconds', '?')} s; {meta.get('platform', '')}. {meta.get('note', '')}",
         "",
     ]
     for benchmark, by_strategy in table.items():
         lines += [
             f"## {benchmark}",
             "",
-            "| strategy | 50 | 100 | 200 | vs Optuna TPE (50/100/200) |",
-            "|---|---|---|---|---|",
+            "| strategy | 50 | 100 | 200 | vs Optuna TPE (50/100/200) | seeds |",
+            "|---|---|---|---|---|---|",
         ]
         best = {
             budget: min(
@@ -357,7 +358,8 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
                     "optuna_random": "Optuna random",
                 }[strategy]
             )
-            lines.append(f"| {name} | " + " | ".join(shown) + f" | {ratio} |")
+            seeds = min(cell["n"] for cell in cells.values())
+            lines.append(f"| {name} | " + " | ".join(shown) + f" | {ratio} | {seeds} |")
         lines.append("")
     nb, hpo = summary["target_nb201"], summary["target_hpobench"]
     lines += [
@@ -380,6 +382,7 @@ def plot(rows: list[dict], table: dict, path: Path) -> None:
     rows_n = math.ceil(len(benchmarks) / columns)
     figure = Figure(figsize=(4.2 * columns, 3.2 * rows_n), dpi=90)
     FigureCanvasAgg(figure)
+    colors: dict[str, str] = {}  # one colour per strategy across the panels
     for index, benchmark in enumerate(benchmarks):
         axes = figure.add_subplot(rows_n, columns, index + 1)
         for strategy in table[benchmark]:
@@ -393,7 +396,8 @@ def plot(rows: list[dict], table: dict, path: Path) -> None:
                 continue
             mean = [statistics.fmean(c[k] for c in curves) for k in range(max(BUDGETS))]
             style = "--" if strategy in PEERS else "-"
-            axes.plot(range(1, max(BUDGETS) + 1), mean, style, linewidth=1.2, label=strategy)
+            color = colors.setdefault(strategy, f"C{len(colors)}")
+            axes.plot(range(1, max(BUDGETS) + 1), mean, style, color=color, linewidth=1.2, label=strategy)
         axes.set_yscale("log")
         axes.set_title(benchmark, fontsize=9)
         axes.set_xlabel("evaluations", fontsize=8)
@@ -430,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild the report from tabular_nas.jsonl"
     )
+    parser.add_argument("--note", default="", help="a line for the report (what was left out and why)")
     args = parser.parse_args(argv)
 
     raw = args.out / "tabular_nas.jsonl"
@@ -467,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(sum(r["seconds"] for r in rows)),
         "platform": f"Python {platform.python_version()}, {os.cpu_count()} CPUs",
         "command": " ".join(["python", "bench/tabular_nas.py", *(argv or sys.argv[1:])]),
+        "note": args.note,
     }
     write_report(rows, summary, args.out, meta)
     print((args.out / "tabular_nas.md").read_text())
