@@ -161,6 +161,11 @@ def test_release_image_and_mlflow_server(rendered):
         assert names.index(var) < names.index("MLFLOW_BACKEND_STORE_URI")
     assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"] == "/data/artifacts"
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "nasflow-mlflow-credentials"
+    # Basic auth (MLflow 3.17) exits at start-up without a static CSRF key (found in a real
+    # container, make test-containers); it is the server's secret, not the clients'.
+    key_ref = env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key_ref["name"] == "nasflow-mlflow-server"
+    assert key_ref["key"] in _find(rendered["local"], "Secret", "nasflow-mlflow-server")["stringData"]
 
 
 def test_tracking_uri_is_served_and_host_allowed(rendered):
@@ -188,7 +193,7 @@ def test_secrets_hold_placeholders_only(rendered):
         for secret in (d for d in docs if d["kind"] == "Secret"):
             values = {**secret.get("stringData", {}), **secret.get("data", {})}
             for key, value in values.items():
-                if "PASSWORD" in key:
+                if "PASSWORD" in key or "SECRET_KEY" in key:
                     assert value.startswith("CHANGE-ME"), f"{overlay}: {secret['metadata']['name']}.{key}"
     creds = _find(rendered["local"], "Secret", "nasflow-mlflow-credentials")["stringData"]
     assert set(creds) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
