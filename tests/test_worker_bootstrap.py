@@ -112,6 +112,41 @@ def test_an_archive_escaping_its_folder_is_refused(tmp_path, digits_dir):
     assert not (tmp_path / "outside.txt").exists()
 
 
+@pytest.fixture
+def python_without_extraction_filters(monkeypatch):
+    """tarfile as Python < 3.11.4 (Debian bookworm's 3.11.2) has it: no ``filter`` argument."""
+    original = tarfile.TarFile.extractall
+
+    def extractall(self, path=".", members=None, *, numeric_owner=False, **kwargs):
+        if kwargs:
+            raise TypeError(f"TarFile.extractall() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return original(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+
+
+def test_a_python_without_extraction_filters_unpacks_and_still_refuses_escapes(
+    tmp_path, digits_dir, python_without_extraction_filters
+):
+    import hashlib
+
+    spec = _spec(digits_dir, tmp_path / "chief")
+    with BootstrapServer(spec, host="127.0.0.1", port=0, pack_dir=tmp_path / "chief" / "bootstrap") as server:
+        local = fetch_worker_spec(f"http://127.0.0.1:{server.port}", tmp_path / "pod", timeout_s=5)
+    np.testing.assert_array_equal(load_prepared(digits_dir).x_train, load_prepared(local.dataset_dir).x_train)
+
+    evil = _archive("../../outside.txt")
+    document = json.dumps({"spec": asdict(_spec(digits_dir, tmp_path)), "dataset_sha256": hashlib.sha256(evil).hexdigest()})
+    impostor = _impostor(document.encode(), evil)
+    try:
+        with pytest.raises(SearchError, match="not a plain file inside its folder"):
+            fetch_worker_spec(f"http://127.0.0.1:{impostor.server_address[1]}", tmp_path / "pod2", timeout_s=5)
+    finally:
+        impostor.shutdown()
+    assert not (tmp_path / "outside.txt").exists()
+
+
 def test_an_unreadable_spec_is_one_clear_error(tmp_path):
     server = _impostor(b"<html>not json</html>", b"")
     try:

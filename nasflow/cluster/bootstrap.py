@@ -183,11 +183,28 @@ def fetch_worker_spec(base_url: str, local_dir: str | Path, *, timeout_s: float 
         )
     dataset_root = local_dir / "unpacked"
     shutil.rmtree(dataset_root, ignore_errors=True)
-    with tarfile.open(archive, "r:gz") as packed:
-        packed.extractall(dataset_root, filter="data")
+    _unpack(archive, dataset_root)
     archive.unlink()
     spec.dataset_dir = str(dataset_root / "dataset")
     spec.work_dir = str(local_dir / "work")
     spec.overwrite = False
     logger.info("worker bootstrap: spec and dataset (sha256 %s) from %s", expected_sha[:12], base_url)
     return spec
+
+
+def _unpack(archive: Path, destination: Path) -> None:
+    """Unpack with tarfile's ``data`` filter, or the same checks by hand where it is missing.
+
+    Extraction filters arrived in Python 3.11.4; Debian bookworm's Python (3.11.2, e.g. an image
+    built on it) has none, and ``extractall(filter=...)`` raised a TypeError in every worker there.
+    """
+    with tarfile.open(archive, "r:gz") as packed:
+        if hasattr(tarfile, "data_filter"):
+            packed.extractall(destination, filter="data")
+            return
+        root = destination.resolve()
+        for member in packed.getmembers():
+            target = (root / member.name).resolve()
+            if member.name.startswith("/") or not target.is_relative_to(root) or not (member.isfile() or member.isdir()):
+                raise SearchError(f"dataset archive member {member.name!r} is not a plain file inside its folder")
+        packed.extractall(destination)  # noqa: S202 - every member checked above
