@@ -34,6 +34,9 @@ pytestmark = pytest.mark.slow
 CHIEF_POD = "nasflow-nas-x7k2p-system-container-impl-1234567890"
 CHIEF_UID = "0b7c6d4e-1f2a-4b3c-8d9e-0a1b2c3d4e5f"
 
+#: The image a pipeline compiled with NASFLOW_IMAGE_REGISTRY=registry.example.com/team names.
+COMPILED_IMAGE = "registry.example.com/team/nasflow:0.1.0"
+
 
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory) -> str:
@@ -113,12 +116,14 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_dir, mlflow_uri, in_a_pod):
+def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_dir, mlflow_uri, in_a_pod, monkeypatch):
     kubelet = FakeKubelet(tmp_path / "pods", secrets_data={CLUSTER_CREDENTIALS_SECRET: {"MLFLOW_TRACKING_USERNAME": "nas"}})
     kube = FakeKubeApi(kubelet)
     try:
         in_a_pod(kube)
-        parent_id, metrics = _search(tmp_path, digits_dir, mlflow_uri, max_trials=3)
+        # The compiled pipeline names the workers' image; the chief pod has no registry setting.
+        monkeypatch.delenv("NASFLOW_IMAGE_REGISTRY", raising=False)
+        parent_id, metrics = _search(tmp_path, digits_dir, mlflow_uri, max_trials=3, worker_image=COMPILED_IMAGE)
     finally:
         kube.close()
 
@@ -130,6 +135,7 @@ def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_d
     assert job["spec"]["activeDeadlineSeconds"] == 24 * 3600 + 600
     assert job["status"]["conditions"][0]["type"] == "Complete"
     (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == COMPILED_IMAGE
     env = {entry["name"]: entry for entry in container["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == mlflow_uri
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == CLUSTER_CREDENTIALS_SECRET

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,10 +38,46 @@ def test_committed_pipeline_yaml_is_current(compiled):
     assert committed.read_text() == compiled["text"], f"{DEFAULT_PACKAGE} is stale: run `nasflow compile`"
 
 
-def test_every_component_uses_the_one_versioned_image(compiled):
-    executors = compiled["spec"]["deploymentSpec"]["executors"]
-    images = {executor["container"]["image"] for executor in executors.values()}
-    assert images == {image_reference()}
+def _images(spec: dict) -> dict[str, set[str]]:
+    """Executor labels by image, and the labels of executors that request an accelerator."""
+    executors = spec["deploymentSpec"]["executors"]
+    by_image: dict[str, set[str]] = {}
+    for label, executor in executors.items():
+        by_image.setdefault(executor["container"]["image"], set()).add(label)
+    by_image["accelerator"] = {
+        label for label, executor in executors.items() if "accelerator" in executor["container"].get("resources", {})
+    }
+    return by_image
+
+
+def _worker_image(spec: dict) -> str:
+    """The constant the pipeline passes the search step as its workers' image."""
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    return tasks["search"]["inputs"]["parameters"]["worker_image"]["runtimeValue"]["constant"]
+
+
+def test_gpu_training_runs_the_gpu_image_every_other_step_the_cpu_image(compiled):
+    images = _images(compiled["spec"])
+    accelerated = images.pop("accelerator")
+    assert set(images) == {image_reference(), image_reference(gpu=True)}
+    assert images[image_reference(gpu=True)] == accelerated, "only the GPU training step, which asks for a GPU"
+    assert len(accelerated) == 1
+    assert _worker_image(compiled["spec"]) == image_reference(), "the worker Job runs the search's image"
+
+
+def test_images_follow_the_registry_setting_at_compile_time(tmp_path):
+    """NASFLOW_IMAGE_REGISTRY at compile time names every image, the GPU one and the workers' too."""
+    registry = "registry.example.com/team"
+    env = {**os.environ, "NASFLOW_IMAGE_REGISTRY": registry}
+    output = tmp_path / "nas_pipeline.yaml"
+    # A fresh process: components name their images when they are imported.
+    command = f"from nasflow.cli import main; raise SystemExit(main(['compile', '--output', {str(output)!r}]))"
+    subprocess.run([sys.executable, "-c", command], env=env, check=True, capture_output=True, cwd=repo_root())
+    spec = next(yaml.safe_load_all(output.read_text()))
+    images = _images(spec)
+    images.pop("accelerator")
+    assert set(images) == {image_reference(registry), image_reference(registry, gpu=True)}
+    assert _worker_image(spec) == image_reference(registry)
 
 
 def test_pipeline_parameters_are_typed_with_defaults(compiled):
