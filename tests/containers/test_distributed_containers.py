@@ -69,7 +69,7 @@ def test_chief_and_two_worker_containers_share_one_search(tmp_path: Path, cpu_im
     kube_dir.chmod(0o755)
     stop, killed = threading.Event(), []
     try:
-        with running_mlflow_server(tmp_path / "mlflow", host=gateway) as uri:
+        with running_mlflow_server(tmp_path / "mlflow", host=gateway, startup_timeout_s=300) as uri:
             parent_id = tracking.start_parent_run(uri, "nasflow", f"containers-{RUN_ID}")
             chief = f"{RUN_ID}-chief"
             killer = threading.Thread(target=_kill_mid_trial, args=(uri, kubelet, stop, killed), daemon=True)

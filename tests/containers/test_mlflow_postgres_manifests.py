@@ -24,6 +24,7 @@ from kube_play import (
     convert_volumes,
     create_secrets,
     down,
+    drop_http_probes,
     expand_dependent_env,
     play,
     remove_secrets,
@@ -71,11 +72,12 @@ def _http_status(url: str, auth: tuple[str, str] | None = None) -> int:
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError) as error:
+        print(f"GET {url}: {error!r}")  # shown when a test fails
         return 0
 
 
@@ -113,6 +115,7 @@ def manifest_mlflow(tmp_path_factory, cpu_image) -> Iterator[tuple[str, dict[str
         assert server["spec"]["template"]["spec"]["containers"][0]["image"] == cpu_image
         server_files = convert_volumes(server, secrets_by_name, root / "volumes")
         expand_dependent_env(server, configs, secrets_by_name)
+        drop_http_probes(server)
         played.append(root / "mlflow.yaml")
         play([configs["nasflow-config"], configs["mlflow-auth-config"], *server_files, server], played[-1],
              network=network, ip=mlflow_ip)  # fmt: skip
@@ -125,6 +128,7 @@ def manifest_mlflow(tmp_path_factory, cpu_image) -> Iterator[tuple[str, dict[str
         for path in reversed(played):
             down(path)
         remove_secrets(secrets)
+        podman("network", "rm", "-f", network, check=False)
 
 
 def test_the_manifests_run_with_their_own_security_settings(manifest_mlflow):
@@ -137,7 +141,11 @@ def test_the_manifests_run_with_their_own_security_settings(manifest_mlflow):
         assert "no-new-privileges" in " ".join(config["HostConfig"]["SecurityOpt"] or []), container
     # Basic auth: nothing without credentials, everything with the Secret's.
     search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert _http_status(search) == 401
+    assert _http_status(search) == 401, (
+        podman("ps", "-a", "--format", "{{.Names}} {{.Status}} {{.Ports}}", check=False)
+        + podman("inspect", "--format", "{{json .State}} {{.RestartCount}}", MLFLOW_CONTAINER, check=False)
+        + podman("logs", MLFLOW_CONTAINER, check=False)[-3000:]
+    )
     assert _http_status(search, ("admin", "wrong")) == 401
     assert _http_status(search, (credentials["MLFLOW_TRACKING_USERNAME"], credentials["MLFLOW_TRACKING_PASSWORD"])) == 200
 
