@@ -175,4 +175,8 @@ def play(documents: list[dict[str, Any]], path: Path, *, network: str, ip: str) 
 
 
 def down(path: Path) -> None:
+    """``podman kube down``, and the volumes kube play made for the file's ConfigMaps (it leaves them)."""
     podman("kube", "down", str(path), check=False, timeout=120)
+    for document in yaml.safe_load_all(path.read_text()):
+        if document and document.get("kind") == "ConfigMap":
+            podman("volume", "rm", "-f", document["metadata"]["name"], check=False)
