@@ -15,30 +15,29 @@ def search(
     search_metrics: Output[Metrics],
     search_report: Output[Markdown],
     search_report_html: Output[HTML],
-    tracking_uri: str = "",
-    search_space: str = "",
-    strategy: str = "tpe",
-    max_trials: int = 8,
-    epochs: int = 3,
-    seed: int = 42,
-    objective_mode: str = "accuracy",
-    cost_metric: str = "latency_ms",
-    cost_target: float = 0.0,
-    reward_exponent: float = -0.07,
-    selection: str = "most_accurate",
-    max_params: int = 0,
-    max_flops: int = 0,
-    max_latency_ms: float = 0.0,
-    max_size_kb: float = 0.0,
-    max_search_minutes: float = 0.0,
-    state_dir: str = "",
-    num_workers: int = 0,
-    trials_per_process: int = 0,
-    early_stopping: str = "none",
-    measure_costs: str = "auto",
-    warm_start: str = "none",
+    tracking_uri: str,
+    search_space: str,
+    strategy: str,
+    max_trials: int,
+    epochs: int,
+    seed: int,
+    objective: dict,
+    max_search_minutes: float,
+    state_dir: str,
+    num_workers: int,
+    trials_per_process: int,
+    early_stopping: str,
+    measure_costs: str,
+    warm_start: str,
+    worker_image: str,
 ):
-    """Search the space (0 means "no constraint"); outputs the best hyperparameters (JSON), the trial table (CSV) and a report."""
+    """Search the space; outputs the best hyperparameters (JSON), the trial table (CSV) and a report.
+
+    Parameters are the pipeline's (see ``nas_pipeline``); ``objective`` holds its objective
+    settings, 0 meaning "no limit". ``worker_image`` is the image of the worker Job of a
+    distributed search: the pipeline passes this component's own image (:data:`IMAGE`),
+    fixed when it is compiled.
+    """
     from nasflow.steps.search import search_step
 
     metrics = search_step(
@@ -54,17 +53,7 @@ def search(
         trial_table_path=trial_table.path,
         report_path=search_report.path,
         html_report_path=search_report_html.path,
-        objective={
-            "mode": objective_mode,
-            "cost_metric": cost_metric,
-            "cost_target": cost_target,
-            "reward_exponent": reward_exponent,
-            "selection": selection,
-            "max_params": max_params,
-            "max_flops": max_flops,
-            "max_latency_ms": max_latency_ms,
-            "max_size_kb": max_size_kb,
-        },
+        objective=objective,
         max_search_minutes=max_search_minutes,
         state_dir=state_dir,
         num_workers=num_workers,
@@ -72,6 +61,7 @@ def search(
         early_stopping=early_stopping,
         measure_costs=measure_costs,
         warm_start=warm_start,
+        worker_image=worker_image,
     )
     for name, value in metrics.items():
         search_metrics.log_metric(name, value)

@@ -14,10 +14,10 @@ def train(
     model: Output[Model],
     test_metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
-    tracking_uri: str = "",
-    epochs: int = 10,
-    seed: int = 42,
-    use_gpu: bool = False,
+    tracking_uri: str,
+    epochs: int,
+    seed: int,
+    use_gpu: bool,
 ):
     """Train on train+val with early stopping and checkpoints; evaluate on test."""
     from nasflow.steps.train import train_step

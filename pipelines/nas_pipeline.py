@@ -8,15 +8,28 @@ MLflow URI and credentials of a cluster come from the ``nasflow-config`` ConfigM
 from kfp import dsl, kubernetes
 
 from components import compress, data_prep, finish_tracking, register, search, start_tracking, train
+from components._image import GPU_IMAGE, IMAGE
 from nasflow.config import (
     CLUSTER_CONFIG_MAP,
     CLUSTER_CREDENTIALS_SECRET,
+    DEFAULT_COMPRESSION_VARIANTS,
+    DEFAULT_DATASET,
     DEFAULT_EXPERIMENT,
+    DEFAULT_LABEL_COLUMN,
+    DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MODEL_NAME,
+    DEFAULT_PREFER,
+    DEFAULT_SEED,
+    DEFAULT_TRAIN_EPOCHS,
     MLFLOW_CREDENTIAL_KEYS,
 )
+from nasflow.search.objectives import ObjectiveConfig, objective_parameters
+from nasflow.search.settings import DEFAULT_WARM_START, SearchSettings
 
 PIPELINE_NAME = "nasflow-nas"
+#: The defaults of the search and its objective are the core's own (one declaration each).
+_SEARCH = SearchSettings()
+_OBJECTIVE = ObjectiveConfig()
 GPU_ACCELERATOR = "nvidia.com/gpu"
 #: Retries of the search and train tasks (a killed pod, a lost node); each resumes where it stopped.
 RETRIES, RETRY_BACKOFF = 2, "30s"
@@ -80,39 +93,39 @@ def _compress_and_register(
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Neural architecture search with MLflow tracking and registry.")
 def nas_pipeline(
-    dataset: str = "mnist-5k",
-    label_column: str = "label",
+    dataset: str = DEFAULT_DATASET,
+    label_column: str = DEFAULT_LABEL_COLUMN,
     search_space: str = "",
-    strategy: str = "tpe",
-    max_trials: int = 8,
-    epochs: int = 3,
-    max_search_minutes: float = 0.0,
-    objective_mode: str = "accuracy",
-    cost_metric: str = "latency_ms",
+    strategy: str = _SEARCH.strategy,
+    max_trials: int = _SEARCH.max_trials,
+    epochs: int = _SEARCH.epochs,
+    max_search_minutes: float = _SEARCH.max_search_minutes,
+    objective_mode: str = _OBJECTIVE.mode,
+    cost_metric: str = _OBJECTIVE.cost_metric,
     cost_target: float = 0.0,
-    reward_exponent: float = -0.07,
-    selection: str = "most_accurate",
+    reward_exponent: float = _OBJECTIVE.reward_exponent,
+    selection: str = _OBJECTIVE.selection,
     max_params: int = 0,
     max_flops: int = 0,
     max_latency_ms: float = 0.0,
     max_size_kb: float = 0.0,
-    train_epochs: int = 10,
+    train_epochs: int = DEFAULT_TRAIN_EPOCHS,
     use_gpu: bool = False,
-    compression_variants: list = ["float16", "int8"],
-    max_accuracy_drop: float = 1.0,
-    prefer: str = "size",
+    compression_variants: list = list(DEFAULT_COMPRESSION_VARIANTS),
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    prefer: str = DEFAULT_PREFER,
     model_name: str = DEFAULT_MODEL_NAME,
     min_improvement: float = 0.0,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     tracking_uri: str = "",
     experiment: str = DEFAULT_EXPERIMENT,
     state_dir: str = "",
     run_identity: str = "",
-    num_workers: int = 0,
-    trials_per_process: int = 0,
-    early_stopping: str = "none",
-    measure_costs: str = "auto",
-    warm_start: str = "none",
+    num_workers: int = _SEARCH.num_workers,
+    trials_per_process: int = _SEARCH.trials_per_process,
+    early_stopping: str = _SEARCH.early_stopping,
+    measure_costs: str = _SEARCH.measure_costs,
+    warm_start: str = DEFAULT_WARM_START,
 ):
     """Search, train, compress and register a model for ``dataset``.
 
@@ -120,15 +133,15 @@ def nas_pipeline(
         dataset: Bundled name (``mnist-5k``, ``digits``, ``wine``...), ``keras:NAME`` or a path.
         label_column: Label column of CSV/Parquet data.
         search_space: Bundled space name or YAML path; empty picks one by the data's modality.
-        strategy: random | bayesian | hyperband | evolution | reinforce | tpe | gp | nsga2.
+        strategy: Search strategy.
         max_trials: Trials to run.
         epochs: Epochs per trial.
         max_search_minutes: Wall-clock budget of the search (0: none).
-        objective_mode: accuracy | reward | pareto.
-        cost_metric: latency_ms | size_kb | params | flops.
+        objective_mode: What the search optimizes (accuracy alone, a cost-aware reward, or a Pareto front).
+        cost_metric: The cost that the reward, the constraints and the Pareto front use.
         cost_target: Reward target for the cost (0: none).
         reward_exponent: MnasNet exponent w of the reward.
-        selection: most_accurate | knee.
+        selection: How the trial to train is chosen among feasible completed trials.
         max_params: Constraint (0: none).
         max_flops: Constraint (0: none).
         max_latency_ms: Constraint (0: none).
@@ -137,7 +150,7 @@ def nas_pipeline(
         use_gpu: Request one GPU for training.
         compression_variants: Variants to produce, e.g. float16, int8, structured_prune+int8.
         max_accuracy_drop: Largest accuracy drop (points) a selected variant may have.
-        prefer: size | latency: what the variant selection minimizes.
+        prefer: What the selection of a compressed variant minimizes.
         model_name: Registered model name.
         min_improvement: How much the candidate must beat the champion by to be promoted.
         seed: Random seed.
@@ -155,6 +168,7 @@ def nas_pipeline(
         warm_start: auto (earlier runs on the same data and space in this experiment), an
             MLflow run id, or none: their trials become the strategy's prior observations.
     """
+    parameters = dict(locals())  # this run's parameters (KFP placeholders), by name
     finish = _cluster_settings(
         finish_tracking(
             tracking_uri=tracking_uri,
@@ -192,19 +206,14 @@ def nas_pipeline(
                 max_trials=max_trials,
                 epochs=epochs,
                 seed=seed,
-                objective_mode=objective_mode,
-                cost_metric=cost_metric,
-                cost_target=cost_target,
-                reward_exponent=reward_exponent,
-                selection=selection,
-                max_params=max_params,
-                max_flops=max_flops,
-                max_latency_ms=max_latency_ms,
-                max_size_kb=max_size_kb,
+                # The objective travels as one value, turned into an ObjectiveConfig once.
+                objective=objective_parameters(parameters),
                 max_search_minutes=max_search_minutes,
                 state_dir=state_dir,
                 num_workers=num_workers,
                 trials_per_process=trials_per_process,
+                # The worker Job runs the search's own image, named when this is compiled.
+                worker_image=IMAGE,
                 early_stopping=early_stopping,
                 measure_costs=measure_costs,
                 warm_start=warm_start,
@@ -245,6 +254,8 @@ def nas_pipeline(
         )
         with dsl.If(use_gpu == True, name="gpu-training"):  # noqa: E712 - a KFP condition, not a Python test
             gpu_trained = _cluster_settings(train(use_gpu=True, **train_args))
+            # The CUDA image (tensorflow with CUDA), named at compile time like every other image.
+            gpu_trained.set_container_image(GPU_IMAGE)
             gpu_trained.set_caching_options(False).set_accelerator_type(
                 GPU_ACCELERATOR
             ).set_accelerator_limit(1).set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF)

@@ -20,7 +20,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name, spec in nas_pipeline.component_spec.inputs.items():
+    for name in nas_pipeline.component_spec.inputs:
         assert f"--{name.replace('_', '-')}" in text, name
     assert "(default: 8)" in text and "One of: random" in text
 

@@ -15,16 +15,15 @@ pytestmark = pytest.mark.slow
 
 def test_unreachable_server_fails_before_anything_runs(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
     process = subprocess.run(
-        [sys.executable, "-m", "nasflow.cli", "run", "--dataset", "digits", "--tracking-uri", uri,
+        [sys.executable, "-m", "nasflow.cli.main", "run", "--dataset", "digits", "--tracking-uri", uri,
          "--output-dir", str(tmp_path / "runs"), "--quiet"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert process.returncode == 2
     lines = [line for line in process.stderr.splitlines() if line.startswith("nasflow:")]
     assert len(lines) == 1 and uri in lines[0] and "unreachable" in lines[0], process.stderr
-    assert time.monotonic() - started < 60
+    assert "retrying" not in process.stderr, "an unreachable server at start is not waited for"
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("splits.npz")), "nothing ran"
 
 

@@ -15,7 +15,7 @@ from nasflow.search.objectives import ObjectiveConfig
 from nasflow.search.records import collect_trials
 from nasflow.search.selection import choose_best, write_trial_table
 from nasflow.search.settings import SearchSettings
-from nasflow.search.strategies import STRATEGIES, make_oracle
+from nasflow.search.strategies import STRATEGIES, OracleSettings, make_oracle, missing_requirement
 from nasflow.search.tuner import run_search
 from nasflow.spaces.schema import load_search_space, parse_search_space, resolve_search_space
 
@@ -35,7 +35,15 @@ def parent(tmp_path):
 def test_every_strategy_has_an_oracle(strategy):
     hp = keras_tuner.HyperParameters()
     load_search_space(resolve_search_space("cnn", "image")).declare(hp)
-    oracle = make_oracle(strategy, max_trials=5, epochs=3, seed=0, hyperparameters=hp)
+    settings = OracleSettings(
+        objective=keras_tuner.Objective("score", "max"), hyperparameters=hp, seed=0, max_trials=5, epochs=3
+    )
+    if missing_requirement(strategy):
+        # An optional extra (gp: torch): one clear line saying what to install.
+        with pytest.raises(SearchError, match="pip install"):
+            make_oracle(strategy, settings)
+        return
+    oracle = make_oracle(strategy, settings)
     assert isinstance(oracle, keras_tuner.Oracle)
     assert oracle.objective.name == "score" and oracle.objective.direction == "max"
     assert oracle.max_trials == 5

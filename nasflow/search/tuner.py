@@ -149,8 +149,7 @@ def run_search(
         OracleSettings(
             objective=keras_tuner.Objective(OBJECTIVE_NAME, direction="max"),
             hyperparameters=hyperparameters,
-            # Keras Tuner treats seed=0 as "pick a random seed"; keep runs reproducible.
-            seed=settings.seed if settings.seed != 0 else 1_000_003,
+            seed=settings.seed,
             max_trials=settings.max_trials,
             epochs=settings.epochs,
             max_consecutive_failed_trials=settings.max_consecutive_failed_trials,

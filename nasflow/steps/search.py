@@ -36,6 +36,7 @@ def search_step(
     state_dir: str = "",
     num_workers: int = 0,
     trials_per_process: int = 0,
+    worker_image: str = "",
     html_report_path: str = "",
     early_stopping: str = "none",
     measure_costs: str = "auto",
@@ -44,7 +45,8 @@ def search_step(
     """Run the architecture search and write the best hyperparameters, trial table and report.
 
     ``html_report_path`` receives the interactive HTML report (also logged on the parent run
-    as ``search/report.html``).
+    as ``search/report.html``). ``worker_image`` is the image of the worker pods of a search on Kubernetes (the compiled
+    pipeline passes its own image); empty: :func:`nasflow.config.image_reference`.
 
     Returns:
         Scalar metrics for the KFP ``Metrics`` artifact.
@@ -65,7 +67,7 @@ def search_step(
         raise SearchError(
             f"search space {space_path} is for {space.modality} data but dataset {data.metadata.name} is {data.metadata.modality}"
         )
-    objective_config = _objective_config(objective or {}, ObjectiveConfig)
+    objective_config = ObjectiveConfig.from_parameters(objective or {})
     settings = SearchSettings(
         strategy=strategy,
         max_trials=max_trials,
@@ -106,7 +108,9 @@ def search_step(
     work_dir, resume = state.work_dir, state.resume
     with _search_progress(parent, settings, resume):
         if settings.uses_worker_processes:
-            _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume)
+            _search_with_workers(
+                dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume, worker_image
+            )
         else:
             run_search(
                 data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume,
@@ -244,7 +248,9 @@ def _search_progress(parent: tracking.RunHandle, settings, resume: bool) -> Iter
         yield
 
 
-def _search_with_workers(dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume) -> None:
+def _search_with_workers(
+    dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume, worker_image=""
+) -> None:
     """Chief + worker processes: local processes, or an indexed Job when running in a pod."""
     from dataclasses import asdict
 
@@ -263,7 +269,10 @@ def _search_with_workers(dataset_dir, space, space_path, settings, objective_con
     )
     if cluster.in_kubernetes() and settings.num_workers > 0:
         cluster.run_search_on_cluster(
-            spec, num_workers=settings.num_workers, trials_per_process=settings.trials_per_process
+            spec,
+            num_workers=settings.num_workers,
+            trials_per_process=settings.trials_per_process,
+            image=worker_image or None,
         )
         return
     with cluster.tracking_for_workers(spec.tracking_uri, settings.num_workers) as worker_uri:
@@ -271,18 +280,6 @@ def _search_with_workers(dataset_dir, space, space_path, settings, objective_con
         cluster.run_search_processes(
             spec, num_workers=settings.num_workers, trials_per_process=settings.trials_per_process
         )
-
-
-def _objective_config(values: Mapping[str, Any], config_cls):
-    known = {name for name in config_cls.__dataclass_fields__}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SearchError(f"unknown objective setting(s): {', '.join(unknown)}")
-    # Pipeline parameters use 0 for "no constraint" because KFP has no optional numbers.
-    cleaned = {key: (None if key.startswith("max_") and not value else value) for key, value in values.items()}
-    if cleaned.get("cost_target") == 0:
-        cleaned["cost_target"] = None
-    return config_cls(**cleaned)
 
 
 def _html_report(parent, rows, result, objective_config, folder: Path, html_report_path: str) -> None:

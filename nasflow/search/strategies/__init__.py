@@ -53,6 +53,10 @@ def missing_requirement(name: str) -> str | None:
     return module if module is not None and importlib.util.find_spec(module) is None else None
 
 
+#: The seed a search given seed 0 runs with.
+ZERO_SEED_REPLACEMENT = 1_000_003
+
+
 @dataclass(frozen=True)
 class OracleSettings:
     """What every strategy factory is given.
@@ -83,6 +87,11 @@ class OracleSettings:
     constraint_check: ConstraintCheck | None = None
     prior_observations: tuple[tuple[dict, float], ...] = ()
     pareto_objectives: tuple[tuple[str, str], ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Keep seed 0 reproducible: Keras Tuner would read it as "pick a random seed"."""
+        if self.seed == 0:
+            object.__setattr__(self, "seed", ZERO_SEED_REPLACEMENT)
 
     def common(self) -> dict[str, Any]:
         """The keyword arguments every ``keras_tuner.Oracle`` takes."""
