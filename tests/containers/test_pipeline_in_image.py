@@ -1,6 +1,6 @@
 """Every pipeline step in the real image: kfp.local's DockerRunner over podman's Docker API.
 
-The same pipeline object and the same checks as tests/test_e2e_local.py, but each task runs
+The same pipeline object and the same checks as tests/e2e/test_e2e_local.py, but each task runs
 in the CPU image built from docker/Dockerfile, as its non-root user on a read-only root
 filesystem, and tracks to a real `mlflow server` on the host (host network).
 """
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from e2e_runs import check_run as _check_run
+from e2e_runs import params as _params
 from mlflow_server import running_mlflow_server
 from podman_support import IMAGE_UID, RUN_ID
-from test_e2e_local import _check_run, _params
 
 from nasflow.cli.local_run import run_pipeline_locally
 

@@ -6,7 +6,7 @@ with a registered model whose pyfunc, loaded back from the registry, predicts on
 Half the kinds are given by a relative path (from the working directory), half by an
 absolute one; the fast test at the end checks both forms of every kind against each other.
 
-What keeps it affordable (tiny budgets as in ``tests/test_e2e_local.py``, plus sharing):
+What keeps it affordable (tiny budgets as in ``tests/e2e/test_e2e_local.py``, plus sharing):
 one ``mlflow server`` for the module, 1 trial x 1 epoch, 1 training epoch, one compression
 variant; and two runs at a time, since most of a tiny run is single-threaded process
 start-up (every task imports TensorFlow). A deliberately failing run goes alongside: it
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_runs import runs_of as _runs
 from mlflow_server import running_mlflow_server
 from own_data_files import KINDS
-from test_e2e_local import _runs
 
 from nasflow import tracking
 from nasflow.data import load_prepared, load_raw_dataset

@@ -1,6 +1,6 @@
 """The Optuna strategies (tpe, nsga2, gp) as Keras Tuner oracles: the oracle contract.
 
-Driven by a real Keras Tuner on the synthetic objective of tests/test_oracles.py (no
+Driven by a real Keras Tuner on the synthetic objective of tests/search/test_oracles.py (no
 model, no training), and on the NAS-Bench-201 table where no training is needed.
 """
 

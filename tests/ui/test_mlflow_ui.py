@@ -1,7 +1,7 @@
 """The MLflow UI, opened in a real browser on the results of a tiny pipeline run.
 
 A real ``mlflow server`` on 127.0.0.1 serves the SQLite store of the shared tiny run
-(``tiny_sqlite_run``, also read by tests/test_e2e_local.py) and headless Chromium (Debian's
+(``tiny_sqlite_run``, also read by tests/e2e/test_e2e_local.py) and headless Chromium (Debian's
 ``chromium`` + ``chromium-driver``, driven by Selenium; nothing is downloaded at run time)
 opens the links ``nasflow run`` prints: the runs table and the parent run land on the
 training runs (not MLflow 3.17's GenAI overview), the headline metrics and the nested

@@ -28,7 +28,7 @@ from nasflow.spaces.schema import (
     search_space_size,
 )
 
-BAD_INPUTS = Path(__file__).parent / "bad_inputs" / "search_spaces"
+BAD_INPUTS = Path(__file__).resolve().parents[1] / "bad_inputs" / "search_spaces"
 EXPECTED_ERRORS = yaml.safe_load((BAD_INPUTS / "expected.yaml").read_text(encoding="utf-8"))
 BUNDLED = [("cnn", (8, 8, 1)), ("mobile_cnn", (8, 8, 1)), ("mlp", (13,))]
 

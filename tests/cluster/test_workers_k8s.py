@@ -3,7 +3,7 @@
 The fake (tests/fake_kube_api.py, scripted mode) is a real HTTP server on 127.0.0.1 answering the
 few batch/v1 and core/v1 endpoints the real ``kubernetes`` client calls; it records every call as
 an RBAC (group, resource, verb) triple, so the Role in k8s/base is compared both with
-``REQUIRED_RBAC`` and with what the code really did. tests/test_cluster_search.py runs the same
+``REQUIRED_RBAC`` and with what the code really did. tests/cluster/test_cluster_search.py runs the same
 fake with a kubelet that really starts the worker pods.
 """
 
@@ -21,7 +21,7 @@ from fake_kube_api import FakeKubeApi
 from nasflow.cluster import job
 from nasflow.errors import ClusterError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.32.0"
 CHIEF_UID = "3f1c9a52-5b1e-4c1e-9a51-0c2a0d7e9b11"
 

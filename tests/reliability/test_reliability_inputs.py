@@ -18,7 +18,7 @@ from nasflow import tracking
 from nasflow.cli.main import main as cli_main
 from nasflow.steps.data_prep import data_prep_step
 
-CORPUS = Path(__file__).parent / "bad_inputs"
+CORPUS = Path(__file__).resolve().parents[1] / "bad_inputs"
 DATASETS = yaml.safe_load((CORPUS / "datasets" / "expected.yaml").read_text())
 SPACES = yaml.safe_load((CORPUS / "search_spaces" / "expected.yaml").read_text())
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-WORKFLOW = Path(__file__).resolve().parents[1] / ".github" / "workflows" / "nas-search.yml"
+WORKFLOW = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "nas-search.yml"
 
 #: Pipeline options shared by run/submit/schedule that the workflow may use.
 PIPELINE_OPTIONS = {
