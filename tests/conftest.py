@@ -35,3 +35,30 @@ def tiny_sqlite_run(tmp_path_factory):
     from e2e_runs import run_tiny_on_sqlite
 
     return run_tiny_on_sqlite(tmp_path_factory.mktemp("e2e-sqlite"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """``digits`` split 60/20/20 (seed 3), in memory: what search tests train on."""
+    from nasflow.data import load_raw_dataset, split_dataset
+
+    return split_dataset(load_raw_dataset("digits"), 0.2, 0.2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> str:
+    """``digits`` through the real data-prep step: the folder a search step reads."""
+    from nasflow.steps.data_prep import data_prep_step
+
+    folder = tmp_path_factory.mktemp("digits")
+    data_prep_step("digits", str(folder / "dataset"), seed=3)
+    return str(folder / "dataset")
+
+
+@pytest.fixture()
+def parent(tmp_path):
+    """A pipeline parent run on a fresh SQLite store, for searches that record trials."""
+    from nasflow import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", f"test-{tmp_path.name}"))

@@ -26,7 +26,6 @@ from mlflow_server import free_port, running_mlflow_server
 from nasflow import tracking
 from nasflow.config import CLUSTER_CREDENTIALS_SECRET
 from nasflow.steps._common import ERROR_FILE_ENV
-from nasflow.steps.data_prep import data_prep_step
 from nasflow.steps.search import search_step
 
 pytestmark = pytest.mark.slow
@@ -36,13 +35,6 @@ CHIEF_UID = "0b7c6d4e-1f2a-4b3c-8d9e-0a1b2c3d4e5f"
 
 #: The image a pipeline compiled with NASFLOW_IMAGE_REGISTRY=registry.example.com/team names.
 COMPILED_IMAGE = "registry.example.com/team/nasflow:0.1.0"
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("digits")
-    data_prep_step("digits", str(folder / "dataset"), seed=3)
-    return str(folder / "dataset")
 
 
 @pytest.fixture(scope="module")

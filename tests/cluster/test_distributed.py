@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 
 from nasflow import tracking
-from nasflow.steps.data_prep import data_prep_step
 from nasflow.steps.search import search_step
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("digits")
-    data_prep_step("digits", str(folder / "dataset"), seed=3)
-    return str(folder / "dataset")
 
 
 def _kill_worker_mid_trial(uri: str, tuner_id: str, stop: threading.Event, killed: list[str]) -> None:

@@ -20,14 +20,6 @@ from nasflow.cluster.bootstrap import BootstrapServer, fetch_worker_spec
 from nasflow.cluster.spec import WorkerSpec
 from nasflow.data import load_prepared
 from nasflow.errors import SearchError
-from nasflow.steps.data_prep import data_prep_step
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("digits")
-    data_prep_step("digits", str(folder / "dataset"), seed=3)
-    return str(folder / "dataset")
 
 
 def _spec(dataset_dir: str, work_dir: Path) -> WorkerSpec:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import keras
 import pytest
 
-from nasflow import tracking
-from nasflow.data import load_raw_dataset, split_dataset
 from nasflow.errors import SearchError
 from nasflow.search.records import collect_trials
 from nasflow.search.selection import choose_best
@@ -37,17 +35,6 @@ class FailingCandidates:
         poisoned = keras.Sequential([model, keras.layers.Lambda(lambda x: x * float("nan"))])
         poisoned.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return poisoned
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return split_dataset(load_raw_dataset("digits"), 0.2, 0.2, seed=3)
-
-
-@pytest.fixture()
-def parent(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "failures"))
 
 
 def _space(fails, how="nan"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from nasflow import tracking
-from nasflow.data import load_raw_dataset, split_dataset
 from nasflow.errors import SearchError
 from nasflow.search.costs import costs_to_measure
 from nasflow.search.objectives import ObjectiveConfig
@@ -42,11 +41,6 @@ def test_none_is_refused_when_the_objective_needs_a_measured_cost(tmp_path):
         )  # fmt: skip
     with pytest.raises(SearchError, match="measure_costs must be one of auto, all, none"):
         SearchSettings(measure_costs="some")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return split_dataset(load_raw_dataset("digits"), 0.2, 0.2, seed=3)
 
 
 @pytest.mark.parametrize(

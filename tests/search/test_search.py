@@ -8,8 +8,6 @@ import time
 import keras_tuner
 import pytest
 
-from nasflow import tracking
-from nasflow.data import load_raw_dataset, split_dataset
 from nasflow.errors import SearchError
 from nasflow.search.objectives import ObjectiveConfig
 from nasflow.search.records import collect_trials
@@ -18,17 +16,6 @@ from nasflow.search.settings import SearchSettings
 from nasflow.search.strategies import STRATEGIES, OracleSettings, make_oracle, missing_requirement
 from nasflow.search.tuner import run_search
 from nasflow.spaces.schema import load_search_space, parse_search_space, resolve_search_space
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return split_dataset(load_raw_dataset("digits"), 0.2, 0.2, seed=3)
-
-
-@pytest.fixture()
-def parent(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "search-test"))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
