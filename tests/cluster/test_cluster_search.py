@@ -22,11 +22,11 @@ import kubernetes_validate
 import pytest
 from fake_kube_api import NAMESPACE, FakeKubeApi, FakeKubelet
 from mlflow_server import free_port, running_mlflow_server
+from search_steps import tiny_search_step
 
 from nasflow import tracking
 from nasflow.config import CLUSTER_CREDENTIALS_SECRET
 from nasflow.steps._common import ERROR_FILE_ENV
-from nasflow.steps.search import search_step
 
 pytestmark = pytest.mark.slow
 
@@ -64,23 +64,7 @@ def in_a_pod(tmp_path, monkeypatch):
 def _search(tmp_path: Path, digits_dir: str, uri: str, **kwargs) -> tuple[str, dict[str, float]]:
     # An experiment per test: the MLflow server is shared by the module.
     parent_id = tracking.start_parent_run(uri, f"cluster-{tmp_path.name}", "search")
-    out = tmp_path / "out"
-    metrics = search_step(
-        digits_dir,
-        parent_run_id=parent_id,
-        tracking_uri=uri,
-        search_space="cnn",
-        strategy="random",
-        max_trials=kwargs.pop("max_trials", 3),
-        epochs=1,
-        seed=5,
-        best_hyperparameters_path=str(out / "best.json"),
-        trial_table_path=str(out / "trials.csv"),
-        report_path=str(out / "report.md"),
-        state_dir=str(tmp_path / "state"),
-        num_workers=2,
-        **kwargs,
-    )
+    metrics = tiny_search_step(tmp_path, digits_dir, uri, parent_id, num_workers=2, **kwargs)
     return parent_id, metrics
 
 

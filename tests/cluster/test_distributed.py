@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from search_steps import tiny_search_step
 
 from nasflow import tracking
-from nasflow.steps.search import search_step
 
 pytestmark = pytest.mark.slow
 
@@ -51,21 +51,7 @@ def _search(tmp_path, digits_dir, **kwargs):
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_worker_mid_trial, args=(uri, "tuner1", stop, killed), daemon=True)
     killer.start()
-    search_step(
-        digits_dir,
-        parent_run_id=parent_id,
-        tracking_uri=uri,
-        search_space="cnn",
-        strategy=kwargs.pop("strategy", "random"),
-        max_trials=kwargs.pop("max_trials", 4),
-        epochs=1,
-        seed=5,
-        best_hyperparameters_path=str(out / "best.json"),
-        trial_table_path=str(out / "trials.csv"),
-        report_path=str(out / "report.md"),
-        state_dir=str(tmp_path / "state"),
-        **kwargs,
-    )
+    tiny_search_step(tmp_path, digits_dir, uri, parent_id, **{"max_trials": 4, **kwargs})
     stop.set()
     killer.join()
     client = tracking.make_client(uri)
