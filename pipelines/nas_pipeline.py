@@ -5,6 +5,9 @@ MLflow URI and credentials of a cluster come from the ``nasflow-config`` ConfigM
 ``nasflow-mlflow-credentials`` Secret (see ``k8s/``), never from literals here.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 from kfp import dsl, kubernetes
 
 from components import compress, data_prep, finish_tracking, register, search, start_tracking, train
@@ -33,6 +36,8 @@ _OBJECTIVE = ObjectiveConfig()
 GPU_ACCELERATOR = "nvidia.com/gpu"
 #: Retries of the search and train tasks (a killed pod, a lost node); each resumes where it stopped.
 RETRIES, RETRY_BACKOFF = 2, "30s"
+#: The parameters start-tracking logs on the parent run as it opens it.
+TRACKED_PARAMETERS = ("dataset", "strategy", "max_trials", "epochs", "train_epochs", "seed", "model_name")
 
 
 def _cluster_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -89,6 +94,115 @@ def _compress_and_register(
             min_improvement=min_improvement,
         )
     ).set_caching_options(False)
+
+
+def _same_named(component, parameters: Mapping[str, Any], *, wired: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline parameters ``component`` takes under their own names, plus the ``wired`` inputs.
+
+    A parameter that passes straight through is then named once (the pipeline signature and
+    the component's), not a third time in the call; ``wired`` wins where a name is both
+    (``dataset`` is the pipeline's path and the component's prepared artifact).
+    """
+    inputs = component.component_spec.inputs
+    passed = {name: value for name, value in parameters.items() if name in inputs and name not in wired}
+    return {**passed, **wired}
+
+
+def _tracking_task(component, parameters: Mapping[str, Any], **extra: Any) -> dsl.PipelineTask:
+    """Start or finish the parent MLflow run: both tasks address it the same way."""
+    return _cluster_settings(
+        component(
+            tracking_uri=parameters["tracking_uri"],
+            experiment=parameters["experiment"],
+            pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            run_identity=parameters["run_identity"],
+            **extra,
+        )
+    ).set_caching_options(False)
+
+
+def _search_task(parameters: Mapping[str, Any], dataset, parent_run_id) -> dsl.PipelineTask:
+    """The search task, set up to resume when retried and to act as a distributed search's chief."""
+    searched = _cluster_settings(
+        search(
+            **_same_named(
+                search,
+                parameters,
+                wired=dict(
+                    dataset=dataset,
+                    parent_run_id=parent_run_id,
+                    # The objective travels as one value, turned into an ObjectiveConfig once.
+                    objective=objective_parameters(parameters),
+                    # The worker Job runs the search's own image, named when this is compiled.
+                    worker_image=IMAGE,
+                ),
+            )
+        )
+    )
+    # A retry resumes: the search state and the training backup are kept in the parent run.
+    searched.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(
+        num_retries=RETRIES, backoff_duration=RETRY_BACKOFF
+    )
+    # As the chief of a distributed search it owns the worker Job (garbage-collected
+    # with this pod) and is what the NetworkPolicy lets the workers reach.
+    kubernetes.add_pod_label(searched, label_key="nasflow.io/role", label_value="search-chief")
+    kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_POD_UID", field_path="metadata.uid")
+    kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_NAMESPACE", field_path="metadata.namespace")
+    kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_POD_IP", field_path="status.podIP")
+    return searched
+
+
+def _gpu_training_task(train_args: Mapping[str, Any]) -> dsl.PipelineTask:
+    """Training on one GPU node, in the CUDA image (tensorflow with CUDA) named at compile time."""
+    trained = _cluster_settings(train(use_gpu=True, **train_args))
+    trained.set_container_image(GPU_IMAGE)
+    trained.set_caching_options(False).set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF)
+    trained.set_accelerator_type(GPU_ACCELERATOR).set_accelerator_limit(1).set_memory_request("8G")
+    kubernetes.add_toleration(trained, key=GPU_ACCELERATOR, operator="Exists", effect="NoSchedule")
+    kubernetes.add_node_selector(trained, label_key="nvidia.com/gpu.present", label_value="true")
+    return trained
+
+
+def _cpu_training_task(train_args: Mapping[str, Any]) -> dsl.PipelineTask:
+    """Training on CPUs; retried like the search, resuming from its backup in the parent run."""
+    trained = _cluster_settings(train(use_gpu=False, **train_args))
+    trained.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(
+        num_retries=RETRIES, backoff_duration=RETRY_BACKOFF
+    )
+    return trained
+
+
+def _train_compress_register(
+    parameters: Mapping[str, Any], dataset, searched: dsl.PipelineTask, parent_run_id
+) -> None:
+    """Train the chosen architecture on a GPU or on CPUs, then compress and register it.
+
+    Both branches wire the same steps after training: kfp.local cannot resolve a
+    dsl.OneOf over the two branches' models (kfp 2.17), and a cluster run is no worse off.
+    """
+    train_args = dict(
+        dataset=dataset,
+        best_hyperparameters=searched.outputs["best_hyperparameters"],
+        parent_run_id=parent_run_id,
+        tracking_uri=parameters["tracking_uri"],
+        epochs=parameters["train_epochs"],
+        seed=parameters["seed"],
+    )
+    after_training = dict(
+        dataset=dataset,
+        parent_run_id=parent_run_id,
+        tracking_uri=parameters["tracking_uri"],
+        compression_variants=parameters["compression_variants"],
+        max_accuracy_drop=parameters["max_accuracy_drop"],
+        prefer=parameters["prefer"],
+        seed=parameters["seed"],
+        model_name=parameters["model_name"],
+        min_improvement=parameters["min_improvement"],
+    )
+    with dsl.If(parameters["use_gpu"] == True, name="gpu-training"):  # noqa: E712 - a KFP condition, not a Python test
+        _compress_and_register(_gpu_training_task(train_args), **after_training)
+    with dsl.Else(name="cpu-training"):
+        _compress_and_register(_cpu_training_task(train_args), **after_training)
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Neural architecture search with MLflow tracking and registry.")
@@ -169,105 +283,13 @@ def nas_pipeline(
             MLflow run id, or none: their trials become the strategy's prior observations.
     """
     parameters = dict(locals())  # this run's parameters (KFP placeholders), by name
-    finish = _cluster_settings(
-        finish_tracking(
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            run_identity=run_identity,
-        )
-    ).set_caching_options(False)
+    finish = _tracking_task(finish_tracking, parameters)
     with dsl.ExitHandler(finish, name="nas"):
-        start = _cluster_settings(
-            start_tracking(
-                tracking_uri=tracking_uri,
-                experiment=experiment,
-                pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                run_identity=run_identity,
-                pipeline_parameters={
-                    "dataset": dataset,
-                    "strategy": strategy,
-                    "max_trials": max_trials,
-                    "epochs": epochs,
-                    "train_epochs": train_epochs,
-                    "seed": seed,
-                    "model_name": model_name,
-                },
-            )
-        ).set_caching_options(False)
+        start = _tracking_task(
+            start_tracking,
+            parameters,
+            pipeline_parameters={name: parameters[name] for name in TRACKED_PARAMETERS},
+        )
         prepared = data_prep(dataset_source=dataset, label_column=label_column, seed=seed).after(start)
-        searched = _cluster_settings(
-            search(
-                dataset=prepared.outputs["dataset"],
-                parent_run_id=start.output,
-                tracking_uri=tracking_uri,
-                search_space=search_space,
-                strategy=strategy,
-                max_trials=max_trials,
-                epochs=epochs,
-                seed=seed,
-                # The objective travels as one value, turned into an ObjectiveConfig once.
-                objective=objective_parameters(parameters),
-                max_search_minutes=max_search_minutes,
-                state_dir=state_dir,
-                num_workers=num_workers,
-                trials_per_process=trials_per_process,
-                # The worker Job runs the search's own image, named when this is compiled.
-                worker_image=IMAGE,
-                early_stopping=early_stopping,
-                measure_costs=measure_costs,
-                warm_start=warm_start,
-            )
-        )
-        # A retry resumes: the search state and the training backup are kept in the parent run.
-        searched.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(
-            num_retries=RETRIES, backoff_duration=RETRY_BACKOFF
-        )
-        # As the chief of a distributed search it owns the worker Job (garbage-collected
-        # with this pod) and is what the NetworkPolicy lets the workers reach.
-        kubernetes.add_pod_label(searched, label_key="nasflow.io/role", label_value="search-chief")
-        kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_POD_UID", field_path="metadata.uid")
-        kubernetes.use_field_path_as_env(
-            searched, env_name="NASFLOW_NAMESPACE", field_path="metadata.namespace"
-        )
-        kubernetes.use_field_path_as_env(searched, env_name="NASFLOW_POD_IP", field_path="status.podIP")
-        train_args = dict(
-            dataset=prepared.outputs["dataset"],
-            best_hyperparameters=searched.outputs["best_hyperparameters"],
-            parent_run_id=start.output,
-            tracking_uri=tracking_uri,
-            epochs=train_epochs,
-            seed=seed,
-        )
-        # Both branches wire the same steps after training: kfp.local cannot resolve a
-        # dsl.OneOf over the two branches' models (kfp 2.17), and a cluster run is no worse off.
-        after_training = dict(
-            dataset=prepared.outputs["dataset"],
-            parent_run_id=start.output,
-            tracking_uri=tracking_uri,
-            compression_variants=compression_variants,
-            max_accuracy_drop=max_accuracy_drop,
-            prefer=prefer,
-            seed=seed,
-            model_name=model_name,
-            min_improvement=min_improvement,
-        )
-        with dsl.If(use_gpu == True, name="gpu-training"):  # noqa: E712 - a KFP condition, not a Python test
-            gpu_trained = _cluster_settings(train(use_gpu=True, **train_args))
-            # The CUDA image (tensorflow with CUDA), named at compile time like every other image.
-            gpu_trained.set_container_image(GPU_IMAGE)
-            gpu_trained.set_caching_options(False).set_accelerator_type(
-                GPU_ACCELERATOR
-            ).set_accelerator_limit(1).set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF)
-            gpu_trained.set_memory_request("8G")
-            kubernetes.add_toleration(
-                gpu_trained, key=GPU_ACCELERATOR, operator="Exists", effect="NoSchedule"
-            )
-            kubernetes.add_node_selector(gpu_trained, label_key="nvidia.com/gpu.present", label_value="true")
-            _compress_and_register(gpu_trained, **after_training)
-        with dsl.Else(name="cpu-training"):
-            cpu_trained = _cluster_settings(train(use_gpu=False, **train_args))
-            cpu_trained.set_caching_options(False).set_cpu_request("2").set_memory_request("4G").set_retry(
-                num_retries=RETRIES, backoff_duration=RETRY_BACKOFF
-            )
-            _compress_and_register(cpu_trained, **after_training)
+        searched = _search_task(parameters, prepared.outputs["dataset"], start.output)
+        _train_compress_register(parameters, prepared.outputs["dataset"], searched, start.output)
