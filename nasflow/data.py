@@ -551,8 +551,37 @@ def split_dataset(
         DataError: The fractions are out of range or a class would end up with no
             samples in some split.
     """
-    from sklearn.model_selection import train_test_split
+    sizes = _split_sizes(raw, val_fraction, test_fraction)
+    parts = _stratified_parts(raw, sizes, seed)
+    counts = _class_counts(raw, parts)
+    x_parts, normalization = _normalize(raw, parts)
+    metadata = DatasetMetadata(
+        name=raw.name,
+        source=raw.source,
+        modality=raw.modality,
+        input_shape=[int(size) for size in raw.x.shape[1:]],
+        num_classes=len(raw.class_names),
+        class_names=list(raw.class_names),
+        counts=counts,
+        content_hash=content_hash(raw.x, raw.y),
+        normalization=normalization,
+        seed=int(seed),
+        feature_names=None if raw.feature_names is None else list(raw.feature_names),
+    )
+    return DatasetSplits(
+        x_train=x_parts["train"], y_train=raw.y[parts["train"]].astype(np.int64),
+        x_val=x_parts["val"], y_val=raw.y[parts["val"]].astype(np.int64),
+        x_test=x_parts["test"], y_test=raw.y[parts["test"]].astype(np.int64),
+        metadata=metadata,
+    )
 
+
+def _split_sizes(raw: RawDataset, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """How many samples each split gets; refuse fractions or classes that cannot fill every split.
+
+    Raises:
+        DataError: A fraction is out of range, or some class cannot appear in every split.
+    """
     source = raw.source
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 < value < 1:
@@ -581,46 +610,44 @@ def split_dataset(
                 f"so some class would have none in {split} (smallest class: '{raw.class_names[smallest]}'; "
                 "change the fractions or add data)"
             )
+    return sizes
 
-    indices = np.arange(n_total)
+
+def _stratified_parts(raw: RawDataset, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """Sample indices of train, val and test: test drawn first, then val from the rest, by class.
+
+    Raises:
+        DataError: sklearn cannot stratify the split (said in one line).
+    """
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(raw.y))
     try:
         rest, test = train_test_split(indices, test_size=sizes["test"], stratify=raw.y, random_state=seed)
         train, val = train_test_split(rest, test_size=sizes["val"], stratify=raw.y[rest], random_state=seed)
     except ValueError as exc:
-        raise DataError(f"{source}: cannot split: {_one_line(exc)}") from exc
+        raise DataError(f"{raw.source}: cannot split: {_one_line(exc)}") from exc
+    return {"train": train, "val": val, "test": test}
 
-    parts = {"train": train, "val": val, "test": test}
+
+def _class_counts(raw: RawDataset, parts: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """Samples per class in each split; a class left out of a split is refused.
+
+    Raises:
+        DataError: Some class has no sample in some split.
+    """
+    num_classes = len(raw.class_names)
     counts: dict[str, dict[str, int]] = {}
     for split, part in parts.items():
         per_class = np.bincount(raw.y[part], minlength=num_classes)
         empty = [index for index in range(num_classes) if per_class[index] == 0]
         if empty:
             raise DataError(
-                f"{source}: split leaves class '{raw.class_names[empty[0]]}' with 0 samples in {split} "
+                f"{raw.source}: split leaves class '{raw.class_names[empty[0]]}' with 0 samples in {split} "
                 "(raise the fraction, add data or change the seed)"
             )
         counts[split] = {raw.class_names[index]: int(per_class[index]) for index in range(num_classes)}
-
-    x_parts, normalization = _normalize(raw, parts)
-    metadata = DatasetMetadata(
-        name=raw.name,
-        source=raw.source,
-        modality=raw.modality,
-        input_shape=[int(size) for size in raw.x.shape[1:]],
-        num_classes=num_classes,
-        class_names=list(raw.class_names),
-        counts=counts,
-        content_hash=content_hash(raw.x, raw.y),
-        normalization=normalization,
-        seed=int(seed),
-        feature_names=None if raw.feature_names is None else list(raw.feature_names),
-    )
-    return DatasetSplits(
-        x_train=x_parts["train"], y_train=raw.y[train].astype(np.int64),
-        x_val=x_parts["val"], y_val=raw.y[val].astype(np.int64),
-        x_test=x_parts["test"], y_test=raw.y[test].astype(np.int64),
-        metadata=metadata,
-    )
+    return counts
 
 
 def _normalize(raw: RawDataset, parts: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
