@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -215,16 +215,24 @@ def constraint_violations(costs: dict, config: ObjectiveConfig) -> list[str]:
         Messages such as ``"params 120345 > max_params 100000"``; empty when feasible.
     """
     violations: list[str] = []
-    for field, metric in _LIMITS:
-        limit = getattr(config, field)
-        if limit is None:
-            continue
-        value = cost_value(costs, metric)
+    for field, metric, limit, value in _set_limits(costs, config):
         if value is None:
             violations.append(f"{metric} unknown, cannot check {field} {_fmt(limit)}")
         elif value > limit:
             violations.append(f"{metric} {_fmt(value)} > {field} {_fmt(limit)}")
     return violations
+
+
+def _set_limits(costs: Mapping[str, Any], config: ObjectiveConfig) -> Iterator[tuple[str, str, float, float | None]]:
+    """Each limit the config sets, with the candidate's cost it bounds (None: not measured).
+
+    Yields:
+        ``(limit field, cost metric, limit, cost value or None)``.
+    """
+    for field, metric in _LIMITS:
+        limit = getattr(config, field)
+        if limit is not None:
+            yield field, metric, limit, cost_value(costs, metric)
 
 
 def _fmt(value: float) -> str:
@@ -244,11 +252,7 @@ def _reward(val_accuracy: float, cost: float, target: float, exponent: float) ->
 def _infeasibility_factor(costs: dict, config: ObjectiveConfig) -> float:
     """Product of ``limit / value`` over violated limits (0 for unknown costs)."""
     factor = 1.0
-    for field, metric in _LIMITS:
-        limit = getattr(config, field)
-        if limit is None:
-            continue
-        value = cost_value(costs, metric)
+    for _, _, limit, value in _set_limits(costs, config):
         if value is None:
             return 0.0
         if value > limit:
