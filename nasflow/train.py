@@ -105,7 +105,6 @@ def train_final_model(
         The result with the path to the saved ``.keras`` model.
     """
     import keras
-    from sklearn.model_selection import train_test_split
 
     if epochs < 1:
         raise SearchError(f"train epochs must be at least 1, got {epochs}")
@@ -113,35 +112,9 @@ def train_final_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
     strategy, device, mixed = _device_setup() if use_gpu else (None, "cpu", False)
-
-    x_all = np.concatenate([data.x_train, data.x_val])
-    y_all = np.concatenate([data.y_train, data.y_val])
-    x_fit, x_stop, y_fit, y_stop = train_test_split(
-        x_all, y_all, test_size=EARLY_STOPPING_FRACTION, stratify=y_all, random_state=seed
-    )
-    hp = hyperparameters_from_values(space, values)
-    shape, classes = list(data.metadata.input_shape), int(data.metadata.num_classes)
-    if strategy is not None:
-        with strategy.scope():
-            model = space.build_model(hp, shape, classes)
-    else:
-        model = space.build_model(hp, shape, classes)
-
-    callbacks: list[Any] = [
-        keras.callbacks.BackupAndRestore(str(output_dir / "checkpoints")),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if epoch_callback is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=epoch_callback))
-
-    def backed_up(epoch, logs=None):
-        if after_backup is not None:
-            after_backup(output_dir / "checkpoints")
-        faults.kill_point("train-epoch", epoch)
-
-    # After BackupAndRestore in the list: Keras calls callbacks in order, so the backup exists.
-    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=backed_up))
+    x_fit, x_stop, y_fit, y_stop = _early_stopping_split(data, seed)
+    model = _build_model(space, values, data, strategy)
+    callbacks = _training_callbacks(output_dir / "checkpoints", patience, epoch_callback, after_backup)
     history = model.fit(
         x_fit,
         y_fit,
@@ -158,16 +131,14 @@ def train_final_model(
         keras.mixed_precision.set_global_policy("float32")
     test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
     predictions = np.argmax(model.predict(data.x_test, verbose=0), axis=-1)
-    matrix = np.zeros((classes, classes), dtype=int)
-    for truth, predicted in zip(data.y_test, predictions, strict=True):
-        matrix[int(truth), int(predicted)] += 1
+    matrix = _confusion_matrix(data.y_test, predictions, int(data.metadata.num_classes))
     model_path = output_dir / "model.keras"
     model.save(model_path)
     return TrainResult(
         model_path=str(model_path),
         test_accuracy=float(test_accuracy),
         test_loss=float(test_loss),
-        confusion_matrix=matrix.tolist(),
+        confusion_matrix=matrix,
         class_names=list(data.metadata.class_names),
         epochs_run=len(losses),
         history={key: [float(v) for v in vals] for key, vals in history.history.items()},
@@ -175,3 +146,61 @@ def train_final_model(
         mixed_precision=mixed,
         params=int(model.count_params()),
     )
+
+
+def _early_stopping_split(data, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train on train+val, holding back a stratified slice that early stopping watches.
+
+    The test split stays untouched for the final evaluation.
+
+    Returns:
+        ``x_fit, x_stop, y_fit, y_stop``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    x_all = np.concatenate([data.x_train, data.x_val])
+    y_all = np.concatenate([data.y_train, data.y_val])
+    return train_test_split(x_all, y_all, test_size=EARLY_STOPPING_FRACTION, stratify=y_all, random_state=seed)
+
+
+def _build_model(space, values: Mapping[str, Any], data, strategy):
+    """Build the chosen architecture, inside the distribution strategy's scope when there is one."""
+    hp = hyperparameters_from_values(space, values)
+    shape, classes = list(data.metadata.input_shape), int(data.metadata.num_classes)
+    if strategy is None:
+        return space.build_model(hp, shape, classes)
+    with strategy.scope():
+        return space.build_model(hp, shape, classes)
+
+
+def _training_callbacks(checkpoints: Path, patience: int, epoch_callback, after_backup) -> list[Any]:
+    """Backup every epoch (a restarted task resumes), early stopping, NaN stop, the callers' hooks.
+
+    ``after_backup`` and the fault-injection kill point run after ``BackupAndRestore``:
+    Keras calls callbacks in list order, so the epoch's backup exists by then.
+    """
+    import keras
+
+    callbacks: list[Any] = [
+        keras.callbacks.BackupAndRestore(str(checkpoints)),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if epoch_callback is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=epoch_callback))
+
+    def backed_up(epoch, logs=None):
+        if after_backup is not None:
+            after_backup(checkpoints)
+        faults.kill_point("train-epoch", epoch)
+
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=backed_up))
+    return callbacks
+
+
+def _confusion_matrix(truths, predictions, classes: int) -> list[list[int]]:
+    """Counts of (true class, predicted class) on the test split."""
+    matrix = np.zeros((classes, classes), dtype=int)
+    for truth, predicted in zip(truths, predictions, strict=True):
+        matrix[int(truth), int(predicted)] += 1
+    return matrix.tolist()
