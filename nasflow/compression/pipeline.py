@@ -319,23 +319,8 @@ def compress_model(
     report_progress("float32", baseline)
     derived: dict[str, tuple[object, dict] | CompressionError] = {}
     for name in names:
-        step, mode = plans[name]
-        source, details = model, {}
         try:
-            if step is not None:
-                if step not in derived:
-                    try:
-                        derived[step] = _run_model_step(step, model, data, settings)
-                    except CompressionError as error:
-                        derived[step] = error
-                if isinstance(derived[step], CompressionError):
-                    raise derived[step]
-                source, details = derived[step][0], dict(derived[step][1])
-            if mode == "float32":
-                content = convert_keras_model(source, "float32")
-            else:
-                content = quantize(source, mode, data.x_train, seed=seed)
-                details.update(quantization=mode, qat=QAT_UNAVAILABLE_REASON)
+            content, source, details = _variant_tflite(plans[name], model, data, settings, derived)
         except CompressionError as error:
             # One technique not applying to this architecture must not cost the others.
             logger.warning("variant %s skipped: %s", name, error)
@@ -346,8 +331,45 @@ def compress_model(
         report_progress(name, results[-1])
     selected, reason = select_variant(baseline, results, max_accuracy_drop, prefer)
     report = CompressionReport(baseline=baseline, variants=results, selected=selected, reason=reason, skipped=skipped)
+    _write_report(report, output_dir)
+    return report
+
+
+def _variant_tflite(
+    plan: tuple[str | None, str], model, data, settings: dict, derived: dict[str, tuple[object, dict] | CompressionError]
+) -> tuple[bytes, object, dict]:
+    """One variant's TFLite model: its model step (if any) applied, then converted or quantized.
+
+    ``derived`` caches each model step's result, or the error it raised, so a step shared by
+    several variants runs (or fails) once.
+
+    Returns:
+        The TFLite content, the Keras model it was made from and the variant's details.
+
+    Raises:
+        CompressionError: The step or the quantization does not apply to this model.
+    """
+    step, mode = plan
+    source, details = model, {}
+    if step is not None:
+        if step not in derived:
+            try:
+                derived[step] = _run_model_step(step, model, data, settings)
+            except CompressionError as error:
+                derived[step] = error
+        if isinstance(derived[step], CompressionError):
+            raise derived[step]
+        source, details = derived[step][0], dict(derived[step][1])
+    if mode == "float32":
+        return convert_keras_model(source, "float32"), source, details
+    content = quantize(source, mode, data.x_train, seed=settings["seed"])
+    details.update(quantization=mode, qat=QAT_UNAVAILABLE_REASON)
+    return content, source, details
+
+
+def _write_report(report: CompressionReport, output_dir: Path) -> None:
+    """Write the report as the :data:`REPORT_FILES` (CSV, Markdown, JSON)."""
     csv_name, markdown_name, json_name = REPORT_FILES
     report.to_csv(output_dir / csv_name)
     (output_dir / markdown_name).write_text(report.to_markdown(), encoding="utf-8")
     (output_dir / json_name).write_text(json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8")
-    return report
