@@ -209,20 +209,7 @@ def distill(
     template = _make_student(teacher, student, width)
     initial_weights = template.get_weights()
     student_logits, student_softmax = _student_models(template)
-    try:
-        distiller = keras.distillation.Distiller(
-            teacher=logits_model(teacher),
-            student=student_logits,
-            distillation_losses=keras.distillation.LogitsDistillation(
-                temperature=temperature,
-                # The default "kl_divergence" string resolves to a plain function, which (Keras 3.15.1)
-                # skips the softmax and applies KL to raw logits; only a KLDivergence instance is softened.
-                loss=keras.losses.KLDivergence(),
-            ),
-            student_loss_weight=student_loss_weight,
-        )
-    except ValueError as error:
-        raise CompressionError(f"cannot distill {teacher.name!r} into {template.name!r}: {error}") from error
+    distiller = _distiller(teacher, student_logits, template.name, temperature, student_loss_weight)
     distiller.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -230,18 +217,9 @@ def distill(
     keras.utils.set_random_seed(seed)
     distiller.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
     student_softmax.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
     scratch, scratch_accuracy = None, None
     if train_scratch:
-        keras.utils.set_random_seed(seed)
-        twin = keras.models.clone_model(template)
-        twin.set_weights(initial_weights)
-        _, scratch = _student_models(twin)
-        scratch.compile(
-            optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
-        keras.utils.set_random_seed(seed)
-        scratch.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
+        scratch = _train_from_scratch(template, initial_weights, data, epochs, batch_size, learning_rate, seed)
         scratch_accuracy = _test_accuracy(scratch, data)
     return DistillationResult(
         student=student_softmax,
@@ -258,3 +236,42 @@ def distill(
             "student_width": width if student is None else None,
         },
     )
+
+
+def _distiller(teacher, student_logits, student_name: str, temperature: float, student_loss_weight: float):
+    """A Keras ``Distiller`` matching the student's logits to the teacher's, softened by ``temperature``.
+
+    Raises:
+        CompressionError: The student's shapes do not fit the teacher's.
+    """
+    try:
+        return keras.distillation.Distiller(
+            teacher=logits_model(teacher),
+            student=student_logits,
+            distillation_losses=keras.distillation.LogitsDistillation(
+                temperature=temperature,
+                # The default "kl_divergence" string resolves to a plain function, which (Keras 3.15.1)
+                # skips the softmax and applies KL to raw logits; only a KLDivergence instance is softened.
+                loss=keras.losses.KLDivergence(),
+            ),
+            student_loss_weight=student_loss_weight,
+        )
+    except ValueError as error:
+        raise CompressionError(f"cannot distill {teacher.name!r} into {student_name!r}: {error}") from error
+
+
+def _train_from_scratch(template, initial_weights, data, epochs: int, batch_size: int, learning_rate: float, seed: int):
+    """The student's twin trained on the labels alone: same start weights, seed and budget.
+
+    It is the control that shows what the teacher's logits added.
+    """
+    keras.utils.set_random_seed(seed)
+    twin = keras.models.clone_model(template)
+    twin.set_weights(initial_weights)
+    _, scratch = _student_models(twin)
+    scratch.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    keras.utils.set_random_seed(seed)
+    scratch.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
+    return scratch
