@@ -13,7 +13,7 @@ TRAIN_EPOCHS ?= 10
 SEED        ?= 42
 VARIANTS    ?= float16 int8 dynamic structured_prune+int8
 
-.PHONY: venv system-deps run test test-containers lint compile image image-gpu clean
+.PHONY: venv system-deps run test test-slow test-podman test-containers lint compile image image-gpu clean
 
 venv: $(STAMP)
 
@@ -42,13 +42,22 @@ $(CHECKOV):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==3.3.30
 
+# Two tiers. `make test` runs every test not marked `slow` (under 10 minutes on 2 cores);
+# `make test-containers` runs the slow real-infrastructure checks (kill matrices, outage,
+# retried and real-server pipeline runs, PostgreSQL, the browser), then the podman tier.
 test: $(STAMP) $(CHECKOV) system-deps
-	NASFLOW_CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest
+	NASFLOW_CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest -m 'not slow' -n 2 --dist loadfile
+
+# The slow real-infrastructure tests alone (the first half of `make test-containers`).
+test-slow: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m slow
 
 # The container tier: builds docker/Dockerfile (+ .gpu) unchanged with podman as $(IMAGE) /
 # $(IMAGE_GPU), the tags `make image` gives, and runs tests/containers in and against them.
-test-containers: $(STAMP)
+test-podman: $(STAMP)
 	IMAGE='$(IMAGE)' IMAGE_GPU='$(IMAGE_GPU)' PYTHON='$(BIN)/python' tests/containers/tier.sh
+
+test-containers: test-slow test-podman
 
 lint: $(STAMP)
 	$(BIN)/ruff check nasflow components pipelines tests bench

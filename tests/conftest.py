@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from mlflow_stores import fresh_sqlite_uri
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # A stopped server should fail a test in seconds, not after MLflow's default retries.
@@ -60,5 +61,5 @@ def parent(tmp_path):
     """A pipeline parent run on a fresh SQLite store, for searches that record trials."""
     from nasflow import tracking
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     return tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", f"test-{tmp_path.name}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import tracking
 from nasflow.data import load_prepared
@@ -36,7 +37,7 @@ def run_tiny_on_sqlite(root: Path):
     """Run the tiny pipeline on a fresh SQLite store under ``root``; returns ``(LocalRun, uri)``."""
     from nasflow.cli.local_run import run_pipeline_locally
 
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(root)
     result = run_pipeline_locally(
         tiny_params(strategy="random", tracking_uri=uri, model_name=SQLITE_MODEL), root / "runs", stream=None
     )

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mlflow_stores import fresh_sqlite_uri
+
 #: Servers started by :func:`running_mlflow_server`: process, log file, start-up deadline.
 _booting: dict[str, tuple[subprocess.Popen, Path, float]] = {}
 
@@ -89,7 +91,8 @@ def running_mlflow_server(
     """
     root = Path(tmp_path)
     root.mkdir(parents=True, exist_ok=True)
-    backend = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
+    database = root / "mlflow.db"  # a restarted server (same folder) keeps its store
+    backend = backend_uri or (f"sqlite:///{database}" if database.exists() else fresh_sqlite_uri(root))
     artifacts = root / "mlflow-artifacts"
     artifacts.mkdir(exist_ok=True)
     port = port or free_port()

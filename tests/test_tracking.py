@@ -6,6 +6,7 @@ import socket
 import time
 
 import pytest
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import tracking
 from nasflow.errors import TrackingError, TrackingUnavailableError
@@ -60,7 +61,7 @@ def test_a_server_that_never_answers_hits_the_timeout():
 
 
 def test_parent_run_is_found_again_and_children_nest(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     first = tracking.start_parent_run(uri, "exp", "job-1", params={"a": 1, "nested": {"b": [1, 2]}})
     assert tracking.start_parent_run(uri, "exp", "job-1") == first, "a retried task reuses the parent"
     assert tracking.start_parent_run(uri, "exp", "job-2") != first
@@ -79,7 +80,7 @@ def test_parent_run_is_found_again_and_children_nest(tmp_path):
 
 
 def test_finish_closes_the_parent_and_kills_leftover_children(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     parent_id = tracking.start_parent_run(uri, "exp", "job-9")
     leftover = tracking.start_child_run(tracking.open_parent(uri, parent_id), "trial-0")
     assert tracking.finish_parent_run(uri, "exp", "job-9", succeeded=False, message="search failed") == parent_id
@@ -124,7 +125,7 @@ class _CountingClient:
 
 
 def _counting_parent(tmp_path) -> tuple[tracking.RunHandle, _CountingClient]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     parent_id = tracking.start_parent_run(uri, "nasflow", "job-trial-record")
     parent = tracking.open_parent(uri, parent_id)
     counting = _CountingClient(parent.client)

@@ -9,6 +9,7 @@ failing step reports itself (``user_errors``), on a real local MLflow store.
 from __future__ import annotations
 
 import pytest
+from mlflow_stores import fresh_sqlite_uri
 from own_data_files import wine_csv
 
 from nasflow import tracking
@@ -21,7 +22,7 @@ from nasflow.steps.tracking import start_tracking_step
 def store(tmp_path_factory) -> str:
     # One store for the module (a new SQLite store costs seconds of schema set-up); every
     # test opens its own parent run under its own job id.
-    return f"sqlite:///{tmp_path_factory.mktemp('tracking-params') / 'mlflow.db'}"
+    return fresh_sqlite_uri(tmp_path_factory.mktemp("tracking-params"))
 
 
 @pytest.fixture()

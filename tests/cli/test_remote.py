@@ -8,6 +8,7 @@ import pytest
 import yaml
 from fake_kfp_server import FakeKfpServer
 from kfp import compiler, dsl
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow.cli.remote import (
     ScheduledJob,
@@ -224,7 +225,7 @@ def test_submit_wait_names_the_version_its_own_run_registered(kfp_server, packag
     from nasflow.cli.main import main as cli_main
     from nasflow.registry.registration import REGISTERED_VERSION_TAG
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # as in CI: the cluster's MLflow, not a parameter
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow_stores import fresh_sqlite_uri
 from search_steps import tiny_search_step
 
 from nasflow import tracking
@@ -45,7 +46,7 @@ def _worker_pids(tuner_id: str) -> list[int]:
 
 
 def _search(tmp_path, digits_dir, **kwargs):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     parent_id = tracking.start_parent_run(uri, "nasflow", f"dist-{tmp_path.name}")
     out = tmp_path / "out"
     stop, killed = threading.Event(), []
@@ -105,7 +106,7 @@ def test_a_worker_whose_chief_is_gone_exits_instead_of_waiting_an_hour(tmp_path,
     from nasflow.search.settings import SearchSettings
     from nasflow.spaces.schema import load_search_space, resolve_search_space
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     spec = WorkerSpec(
         dataset_dir=digits_dir,
         space_config=load_search_space(resolve_search_space("cnn", "image")).to_dict(),

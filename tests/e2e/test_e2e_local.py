@@ -17,9 +17,6 @@ from nasflow import tracking
 from nasflow.cli.local_run import run_pipeline_locally
 from nasflow.cli.main import main as cli_main
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def sqlite_run(tiny_sqlite_run):
     # The run is shared with the tests that read its results (tests/ui, test_run_views).
@@ -62,6 +59,7 @@ def test_promote_cli_refuses_and_exits_non_zero(sqlite_run, capsys):
     assert code == 2
 
 
+@pytest.mark.slow  # a second whole pipeline run, against a real mlflow server process
 def test_pipeline_against_a_real_mlflow_server(tmp_path):
     with running_mlflow_server(tmp_path / "server") as uri:
         result = run_pipeline_locally(

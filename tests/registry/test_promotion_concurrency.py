@@ -34,10 +34,14 @@ import sqlalchemy
 import sqlalchemy.pool
 from mlflow.tracking import MlflowClient
 from mlflow_server import create_tagged_version, running_mlflow_server
+from mlflow_stores import fresh_sqlite_uri
 from postgres import postgres_unavailable_reason, running_postgres
 
 from nasflow.config import CHAMPION_ALIAS
 from nasflow.registry import lock, promotion
+
+# Separate gate processes, real servers, real PostgreSQL and leases that must expire: the slow tier.
+pytestmark = pytest.mark.slow
 
 #: Lease of the HTTP tickets in these tests (the default is 30 s).
 LEASE_S = 8.0
@@ -156,7 +160,7 @@ def postgres_backend(tmp_path_factory) -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def sqlite_backend(tmp_path_factory) -> tuple[str, str]:
     """(gate URI, watch URI): the gates and the test all use one SQLite file directly."""
-    database = f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
+    database = fresh_sqlite_uri(tmp_path_factory.mktemp("mlflow-sqlite"))
     MlflowClient(tracking_uri=database, registry_uri=database).search_experiments()  # creates the schema
     return database, database
 

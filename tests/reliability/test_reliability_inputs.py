@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import tracking
 from nasflow.cli.main import main as cli_main
@@ -61,7 +62,7 @@ def test_nasflow_run_refuses_bad_input_without_touching_the_registry(option, val
     path = CORPUS / value
     if not path.exists():
         pytest.skip(f"corpus entry {value} was renamed")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     dataset = [] if option == "--dataset" else ["--dataset", "digits"]
     process = subprocess.run(
         [sys.executable, "-m", "nasflow.cli", "run", option, str(path), *dataset, "--max-trials", "1",

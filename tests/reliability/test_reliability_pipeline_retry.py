@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from kfp.local.orchestrator import task_executor
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import faults, tracking
 from nasflow.cli.local_run import run_pipeline_locally
@@ -44,7 +45,7 @@ def test_a_retried_pipeline_resumes_its_search_and_its_training(tmp_path, monkey
     # kfp.local waits out the retry backoff for real; record it instead of sleeping 2 x 30 s.
     backoffs: list[float] = []
     monkeypatch.setattr(task_executor, "time", SimpleNamespace(sleep=backoffs.append))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     result = run_pipeline_locally(
         _params(
             dataset="digits",

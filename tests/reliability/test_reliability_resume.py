@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow_stores import fresh_sqlite_uri
 from search_harness import run_attempt, trial_runs
 
 from nasflow.search.strategies import STRATEGIES, missing_requirement
@@ -33,7 +34,7 @@ MAX_TRIALS = 4
 
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('resume-store') / 'mlflow.db'}"
+    return fresh_sqlite_uri(tmp_path_factory.mktemp("resume-store"))
 
 
 def _runs_by_status(uri: str, root: Path) -> list[tuple[str, str]]:

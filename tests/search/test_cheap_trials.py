@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import tracking
 from nasflow.errors import SearchError
@@ -57,7 +58,7 @@ def test_none_is_refused_when_the_objective_needs_a_measured_cost(tmp_path):
     ids=["accuracy", "latency-reward"],
 )
 def test_a_trial_records_the_costs_its_objective_uses(digits, tmp_path, objective, present, absent):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     parent = tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "cheap-trials"))
     settings = SearchSettings("random", max_trials=1, epochs=1, seed=5)
     run_search(digits, load_search_space(TINY_SPACE), settings, objective, parent=parent, work_dir=tmp_path / "tuner")

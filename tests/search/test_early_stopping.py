@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras_tuner
 import pytest
 import yaml
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import tracking
 from nasflow.data import load_raw_dataset, split_dataset
@@ -140,7 +141,7 @@ def test_a_pruned_trial_is_recorded_in_mlflow(tmp_path):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(TWO_CANDIDATES))
     space = load_search_space(tmp_path / "space.yaml")
     data = split_dataset(load_raw_dataset("digits"), 0.2, 0.2, seed=3)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     parent = tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "early-stopping-test"))
     good = {name["name"]: name.get("value") for name in TWO_CANDIDATES["hyperparameters"][:-1]} | {"learning_rate": 0.02}
     # The good candidate comes first (a warm-start prior is evaluated again first), so the

