@@ -132,10 +132,9 @@ def run_search(
     """
     import keras_tuner
 
-    from nasflow.search.costs import cheap_constraint_check, costs_to_measure
-    from nasflow.search.early_stopping import add_early_stopping, make_pruner
+    from nasflow.search.costs import costs_to_measure
     from nasflow.search.objectives import ObjectiveConfig
-    from nasflow.search.warm_start import add_reevaluation, reevaluation_count, usable_priors
+    from nasflow.search.warm_start import usable_priors
 
     objective = objective or ObjectiveConfig()
     costs_to_measure(objective, settings.measure_costs)  # refuses 'none' for a cost objective
@@ -144,28 +143,7 @@ def run_search(
     priors = usable_priors(hyperparameters, settings.prior_observations)
     deadline = time.monotonic() + settings.max_search_minutes * 60 if settings.max_search_minutes else None
     context = TrialContext(space, data, settings, objective, parent, deadline, trials_this_process=trials_this_process)
-    oracle = make_oracle(
-        settings.strategy,
-        OracleSettings(
-            objective=keras_tuner.Objective(OBJECTIVE_NAME, direction="max"),
-            hyperparameters=hyperparameters,
-            seed=settings.seed,
-            max_trials=settings.max_trials,
-            epochs=settings.epochs,
-            max_consecutive_failed_trials=settings.max_consecutive_failed_trials,
-            constraint_check=cheap_constraint_check(
-                lambda hp: space.build_model(hp, context.input_shape, context.num_classes), hyperparameters, objective
-            ),
-            prior_observations=tuple(priors),
-            pareto_objectives=PARETO_OBJECTIVES if objective.mode == "pareto" else None,
-        ),
-    )
-    # Both wrap the strategy's own oracle class; in a distributed search they act on the
-    # chief, which owns the oracle (a worker's oracle is replaced by a gRPC client).
-    oracle = add_reevaluation(oracle, priors, reevaluation_count(settings.max_trials))
-    oracle = add_early_stopping(oracle, make_pruner(settings.early_stopping), settings.epochs)
-    # Atomic state files and a budget that counts every attempt (nasflow.search.state).
-    oracle = make_crash_safe(oracle)
+    oracle = _make_search_oracle(space, settings, objective, hyperparameters, priors, context)
     tuner_class = _make_tuner_class()
     tuner = tuner_class(
         nas_context=context,
@@ -182,6 +160,50 @@ def run_search(
     if parent is not None and not overwrite and not _is_distributed_worker():
         # Only the process that owns the oracle knows which trials have ended.
         context.interrupted_runs = reconcile_trial_runs(parent, tuner.oracle)
+    _search_until_stopped(tuner, settings, trials_this_process)
+    return tuner
+
+
+def _make_search_oracle(space, settings: SearchSettings, objective, hyperparameters, priors, context: TrialContext):
+    """The strategy's oracle, wrapped for re-evaluated priors, early stopping and crash-safe state.
+
+    Both the re-evaluation and early-stopping wrappers act on the chief of a distributed
+    search, which owns the oracle (a worker's oracle is replaced by a gRPC client).
+    """
+    import keras_tuner
+
+    from nasflow.search.costs import cheap_constraint_check
+    from nasflow.search.early_stopping import add_early_stopping, make_pruner
+    from nasflow.search.warm_start import add_reevaluation, reevaluation_count
+
+    oracle = make_oracle(
+        settings.strategy,
+        OracleSettings(
+            objective=keras_tuner.Objective(OBJECTIVE_NAME, direction="max"),
+            hyperparameters=hyperparameters,
+            seed=settings.seed,
+            max_trials=settings.max_trials,
+            epochs=settings.epochs,
+            max_consecutive_failed_trials=settings.max_consecutive_failed_trials,
+            constraint_check=cheap_constraint_check(
+                lambda hp: space.build_model(hp, context.input_shape, context.num_classes), hyperparameters, objective
+            ),
+            prior_observations=tuple(priors),
+            pareto_objectives=PARETO_OBJECTIVES if objective.mode == "pareto" else None,
+        ),
+    )
+    oracle = add_reevaluation(oracle, priors, reevaluation_count(settings.max_trials))
+    oracle = add_early_stopping(oracle, make_pruner(settings.early_stopping), settings.epochs)
+    # Atomic state files and a budget that counts every attempt (nasflow.search.state).
+    return make_crash_safe(oracle)
+
+
+def _search_until_stopped(tuner, settings: SearchSettings, trials_this_process: int) -> None:
+    """Run the tuner until its budget, the wall-clock limit or this process's quota ends it.
+
+    Raises:
+        SearchError: Keras Tuner stopped after too many consecutive failed trials.
+    """
     # Every trial starts with clear_session(), whose gc.collect() walks every Python object
     # of the process: with TensorFlow loaded that is ~1-2 s a trial, most of the time outside
     # fit (bench/results/cheap_trials.md). Objects alive now (modules, data) are moved out of
@@ -202,7 +224,6 @@ def run_search(
         raise SearchError(f"search stopped: {first_line.rstrip('.')}; last failure: {reason}") from error
     finally:
         gc.unfreeze()
-    return tuner
 
 
 def _is_distributed_worker() -> bool:
