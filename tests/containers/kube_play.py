@@ -48,6 +48,8 @@ from nasflow.config import repo_root
 #: Kinds kube play starts or reads, passed on as they are (after the conversions above).
 PLAYED_KINDS = ("ConfigMap", "PersistentVolumeClaim", "Deployment")
 SECRETS_FILE = STATE_DIR / "podman-secrets"
+#: kube play makes a named volume per ConfigMap, unlabelled: tier.sh removes those listed here.
+VOLUMES_FILE = STATE_DIR / "podman-volumes"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -171,6 +173,9 @@ def expand_dependent_env(
 def play(documents: list[dict[str, Any]], path: Path, *, network: str, ip: str) -> str:
     """``podman kube play`` one Deployment (with its ConfigMaps/PVCs) at a fixed address."""
     path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with VOLUMES_FILE.open("a") as record:  # tier.sh removes them if this session cannot
+        record.writelines(f"{d['metadata']['name']}\n" for d in documents if d.get("kind") == "ConfigMap")
     return podman("kube", "play", "--network", network, "--ip", ip, str(path), timeout=600)
 
 

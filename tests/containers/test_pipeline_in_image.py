@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from e2e_runs import check_run as _check_run
-from e2e_runs import params as _params
+from e2e_runs import tiny_params as _params
 from mlflow_server import running_mlflow_server
 from podman_support import IMAGE_UID, RUN_ID
 
