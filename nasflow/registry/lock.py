@@ -47,25 +47,37 @@ Lease with fencing tokens (``http(s)://`` MLflow servers and other stores)
     4. **Fence.** Immediately before and immediately after the alias write, the
        holder re-reads its own ticket: if it is gone or carries ``broken_by`` (or the
        renewal thread has not succeeded for a lease by the local monotonic clock),
-       the lock was lost. Before the write that means: do not write. After the write
-       (the window between the two checks, one HTTP request) it means: put back the
-       champion the gate saw when it decided, if the alias still points at the
-       gate's own version, record ``lost`` in the audit trail and fail. A breaker
-       writes ``broken_by`` *before* it acts as holder, so a holder that reads its
-       ticket unbroken knows nobody else holds the lock at that moment.
+       the lock was lost. Before the write that means: do not write. Between the checks
+       the holder first records, under its ticket number, the champion it chooses
+       (``nasflow.champion.ticket.<ticket>`` on the promoted model, see
+       ``promotion.py``), then moves the alias. Lost after the write (the window between
+       the two checks, one HTTP request) means the write may have landed after the next
+       holder's: the gate takes a fresh turn of the lock and, if the alias still points
+       at its own version, puts back the champion of the latest ticket's record (not the
+       one it saw when it decided, which would undo the next holder's promotion), records
+       ``lost`` and fails. A breaker writes ``broken_by`` (and
+       ``nasflow.lock.broken.<ticket>`` on the promoted model, kept after tickets are
+       deleted) *before* it acts as holder, so a holder that reads its ticket unbroken
+       knows nobody else holds the lock at that moment.
     5. **Release.** The holder deletes its own ticket (only a ticket's owner deletes
        it, so deleting is not a read-then-delete race) and the broken tickets below
        it, whose owners will find them gone and know they lost.
 
     Residual risk: only a gate stalled for longer than a lease *between* its two
-    fence checks can move the alias while another gate holds the lock; it notices at
-    its second check and undoes its write, but the alias shows its version until then.
+    fence checks can move the alias while another gate holds the lock (no fence can
+    stop a request already in flight, and MLflow has no compare-and-set on aliases);
+    it notices at its second check and repairs its write, but the alias shows its
+    version until then. Should it die first, the next gate repairs it under the lock
+    before deciding: an alias on a broken ticket's version while a later ticket's
+    record names another is a late write (a champion set by hand is neither).
 
 Fault injection
-    ``NASFLOW_PROMOTION_PAUSE=<point>:<seconds|stop>`` makes the gate sleep, or stop
-    its whole process with ``SIGSTOP`` (a frozen VM, a stop-the-world pause: the
-    renewal thread stops too), when it reaches ``<point>`` (``decided``: after the
-    decision, before the first fence). Tests and drills use it; unset it does nothing.
+    ``NASFLOW_PROMOTION_PAUSE=<point>:<seconds|stop>[,<point>:...]`` makes the gate
+    sleep, or stop its whole process with ``SIGSTOP`` (a frozen VM, a stop-the-world
+    pause: the renewal thread stops too), when it reaches ``<point>`` (``decided``:
+    after the decision, before the first fence; ``fenced``: after the first fence and
+    the commit record, before the alias write; ``written``: after the alias write,
+    before the second fence). Tests and drills use it; unset it does nothing.
 """
 
 from __future__ import annotations
@@ -105,6 +117,12 @@ LOCK_OWNER_TAG = "nasflow.lock.owner"
 
 
 LOCK_BROKEN_BY_TAG = "nasflow.lock.broken_by"
+
+
+#: Prefix of the tag a breaker leaves on the *promoted* model for each ticket it broke,
+#: ``<prefix><ticket, 12 digits> = <breaker's ticket>``; kept after the tickets are deleted,
+#: so that a later gate can tell a late write of a broken holder from a champion set by hand.
+BROKEN_TICKET_TAG_PREFIX = "nasflow.lock.broken."
 
 
 #: Source URI recorded on ticket versions (they carry no model).
@@ -157,9 +175,10 @@ def timeout_seconds() -> float:
 
 def pause_point(point: str) -> None:
     """The fault-injection hook (see the module docstring); a no-op unless the env var names ``point``."""
-    where, _, how = os.environ.get(PAUSE_ENV, "").partition(":")
-    if where != point:
+    wanted = dict(item.partition(":")[::2] for item in os.environ.get(PAUSE_ENV, "").split(",") if item)
+    if point not in wanted:
         return
+    how = wanted[point]
     if how == "stop":
         logger.warning("%s: stopping process %d at %r", PAUSE_ENV, os.getpid(), point)
         os.kill(os.getpid(), signal.SIGSTOP)
@@ -184,6 +203,9 @@ class PromotionLock:
     token: str
     #: What serializes the gate: ``postgresql``, ``sqlite`` or ``lease``.
     kind: str
+    #: The lease's fencing token (its ticket number, larger for every later holder); None
+    #: for the database locks, under which no write of a former holder can land late.
+    fencing_token: int | None = None
 
     def fence(self, when: str) -> None:  # pragma: no cover - interface
         """Raise ``TrackingError`` naming ``when`` unless this gate still holds the lock."""
@@ -303,6 +325,11 @@ class _LeaseLock(PromotionLock):
         self._renewer: threading.Thread | None = None
         self._last_renewed = time.monotonic()
 
+    @property
+    def fencing_token(self) -> int | None:
+        """This gate's ticket number."""
+        return self.ticket
+
     def _tickets(self) -> dict[int, ModelVersion]:
         found = self.client.search_model_versions(f"name = '{self.lock_name}'")
         return {int(version.version): version for version in found}
@@ -313,10 +340,14 @@ class _LeaseLock(PromotionLock):
             started = time.monotonic()
             renewals += 1
             try:
-                self.client.update_model_version(self.lock_name, str(self.ticket), f"lease renewal {renewals}")
+                self.client.update_model_version(
+                    self.lock_name, str(self.ticket), f"lease renewal {renewals}"
+                )
                 self._last_renewed = started
             except (MlflowException, OSError) as error:
-                logger.warning("could not renew promotion lock ticket %s: %s", self.ticket, one_line(str(error)))
+                logger.warning(
+                    "could not renew promotion lock ticket %s: %s", self.ticket, one_line(str(error))
+                )
 
     def acquire(self, timeout_s: float) -> None:
         try:
@@ -355,8 +386,14 @@ class _LeaseLock(PromotionLock):
         tickets = self._tickets()
         mine = tickets.get(self.ticket)
         if mine is None or LOCK_BROKEN_BY_TAG in mine.tags:
-            raise _lost(self.model_name, self.uri, "while waiting", f"ticket {self.ticket} was broken by another gate")
-        earlier = [t for number, t in sorted(tickets.items()) if number < self.ticket and LOCK_BROKEN_BY_TAG not in t.tags]
+            raise _lost(
+                self.model_name, self.uri, "while waiting", f"ticket {self.ticket} was broken by another gate"
+            )
+        earlier = [
+            t
+            for number, t in sorted(tickets.items())
+            if number < self.ticket and LOCK_BROKEN_BY_TAG not in t.tags
+        ]
         for ticket in earlier:
             silent_ms = mine.last_updated_timestamp - ticket.last_updated_timestamp
             if silent_ms > self.lease_s * 1000:
@@ -364,11 +401,20 @@ class _LeaseLock(PromotionLock):
                     "breaking promotion lock ticket %s of %s held by %s (not renewed for %.1f s by the server's clock)",
                     ticket.version, self.model_name, ticket.tags.get(LOCK_OWNER_TAG), silent_ms / 1000,
                 )  # fmt: skip
-                self.client.set_model_version_tag(self.lock_name, ticket.version, LOCK_BROKEN_BY_TAG, str(self.ticket))
+                self.client.set_registered_model_tag(
+                    self.model_name, f"{BROKEN_TICKET_TAG_PREFIX}{int(ticket.version):012d}", str(self.ticket)
+                )
+                self.client.set_model_version_tag(
+                    self.lock_name, ticket.version, LOCK_BROKEN_BY_TAG, str(self.ticket)
+                )
         return not earlier
 
     def _holder_description(self) -> str:
-        live = [t for n, t in sorted(self._tickets().items()) if n < self.ticket and LOCK_BROKEN_BY_TAG not in t.tags]
+        live = [
+            t
+            for n, t in sorted(self._tickets().items())
+            if n < self.ticket and LOCK_BROKEN_BY_TAG not in t.tags
+        ]
         return ", ".join(f"{t.tags.get(LOCK_OWNER_TAG)} (ticket {t.version})" for t in live) or "nobody now"
 
     def fence(self, when: str) -> None:
@@ -390,7 +436,9 @@ class _LeaseLock(PromotionLock):
             self._renewer.join(timeout=self.lease_s)
         if self.ticket is None:
             return
-        broken_below = [n for n, t in self._tickets().items() if n < self.ticket and LOCK_BROKEN_BY_TAG in t.tags]
+        broken_below = [
+            n for n, t in self._tickets().items() if n < self.ticket and LOCK_BROKEN_BY_TAG in t.tags
+        ]
         for number in [self.ticket, *broken_below]:
             try:
                 self.client.delete_model_version(self.lock_name, str(number))
@@ -426,4 +474,6 @@ def promotion_lock(client: MlflowClient, uri: str, model_name: str, owner: str) 
         except (MlflowException, OSError, sqlite3.Error, sqlalchemy.exc.SQLAlchemyError) as error:
             # Do not mask the error that may be in flight; a lease expires on its own and a
             # database lock ends with its connection.
-            logger.warning("could not release the promotion lock of %s at %s: %s", model_name, uri, one_line(str(error)))
+            logger.warning(
+                "could not release the promotion lock of %s at %s: %s", model_name, uri, one_line(str(error))
+            )

@@ -24,7 +24,7 @@ from nasflow.registry._mlflow import (
     resolve_uri,
     tracking_errors,
 )
-from nasflow.registry.lock import PromotionLock, pause_point, promotion_lock
+from nasflow.registry.lock import BROKEN_TICKET_TAG_PREFIX, PromotionLock, pause_point, promotion_lock
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,13 @@ PROMOTION_TAG_PREFIX = "nasflow.promotion."
 
 #: Prefix of the audit tags on the registered model.
 AUDIT_TAG_PREFIX = "nasflow.audit."
+
+
+#: Prefix of the registered-model tags a lease holder writes, before it moves ``champion``,
+#: naming the version it makes champion: ``<prefix><ticket, 12 digits> = <version>``. The
+#: record of the largest ticket is the champion the gates last agreed on; a late write of a
+#: former holder carries a smaller ticket, so it cannot displace a later holder's record.
+COMMIT_TAG_PREFIX = "nasflow.champion.ticket."
 
 
 #: Metric differences below this count as equal (0.95 - 0.90 is 0.04999999999999993).
@@ -180,41 +187,142 @@ def _record_decision(
     _audit(client, decision.model_name, token, record)
 
 
-def _move_champion(
-    client: MlflowClient,
-    uri: str,
-    lock: PromotionLock,
-    decision: PromotionDecision,
-    champion: ModelVersion | None,
-    by: str,
-) -> None:
-    """Move ``champion`` to the candidate between two fence checks; undo the move if the lock was lost."""
+class _LostAfterWrite(TrackingError):
+    """The lease was lost between the two fence checks around this gate's alias write."""
+
+    def __init__(self, lost: TrackingError, decision: PromotionDecision):
+        super().__init__(str(lost))
+        self.lost, self.decision = lost, decision
+
+
+def _commit_records(tags: dict[str, str]) -> dict[int, str]:
+    """Ticket -> version of the commit records among a registered model's tags."""
+    return {
+        int(key[len(COMMIT_TAG_PREFIX) :]): value
+        for key, value in tags.items()
+        if key.startswith(COMMIT_TAG_PREFIX)
+    }
+
+
+def _committed_champion(client: MlflowClient, uri: str, model_name: str) -> str | None:
+    """The version named by the commit record of the largest ticket (None: no record yet)."""
+    records = _commit_records(_registered_model(client, uri, model_name).tags or {})
+    return records[max(records)] if records else None
+
+
+def _agreed_champion(
+    client: MlflowClient, uri: str, model_name: str, lock: PromotionLock, by: str
+) -> ModelVersion | None:
+    """The champion to decide against, under the lock: the alias, unless a broken holder's late write moved it.
+
+    With a lease, a holder whose lease was broken may have moved the alias after the
+    holder that broke it (see :func:`_repair_after_loss`) and died before repairing it.
+    Such an alias points at a version whose commit record carries a broken ticket while a
+    later ticket's record names another version: the alias goes back to that version first
+    (fenced, audited as ``repaired``). An alias set by hand (a rollback) is never a broken
+    ticket's and is left as it is.
+    """
+    model = _registered_model(client, uri, model_name)
+    alias = (model.aliases or {}).get(CHAMPION_ALIAS)
+    if lock.fencing_token is None or alias is None:
+        return None if alias is None else _model_version(client, uri, model_name, str(alias))
+    tags = model.tags or {}
+    records = _commit_records(tags)
+    broken = {
+        int(key[len(BROKEN_TICKET_TAG_PREFIX) :]) for key in tags if key.startswith(BROKEN_TICKET_TAG_PREFIX)
+    }
+    alias_tickets = [ticket for ticket, version in records.items() if version == str(alias)]
+    latest = max(records, default=None)
+    if (
+        alias_tickets
+        and max(alias_tickets) in broken
+        and latest is not None
+        and records[latest] != str(alias)
+    ):
+        logger.warning(
+            "champion of %s points at version %s, moved by a gate whose lease was broken; back to version %s",
+            model_name, alias, records[latest],
+        )  # fmt: skip
+        lock.fence("before repairing champion")
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, records[latest])
+        lock.fence("after repairing champion")
+        _audit(
+            client,
+            model_name,
+            lock.token,
+            {
+                "event": "repaired",
+                "version": str(alias),
+                "restored_version": records[latest],
+                "at": now_iso(),
+                "by": by,
+            },
+        )
+        alias = records[latest]
+    return _model_version(client, uri, model_name, str(alias))
+
+
+def _move_champion(client: MlflowClient, lock: PromotionLock, decision: PromotionDecision) -> None:
+    """Move ``champion`` to the candidate between two fence checks.
+
+    A lease holder first writes its commit record (:data:`COMMIT_TAG_PREFIX`), so that a
+    gate repairing a late write knows which champion the last holder chose.
+
+    Raises:
+        TrackingError: The lock was lost before the write (nothing written).
+        _LostAfterWrite: The lock was lost between the checks: the write may have landed
+            after another holder's; :func:`_repair_after_loss` puts the agreed champion back.
+    """
     lock.fence("before moving champion")
+    if lock.fencing_token is not None:
+        key = f"{COMMIT_TAG_PREFIX}{lock.fencing_token:012d}"
+        client.set_registered_model_tag(decision.model_name, key, decision.version)
+    pause_point("fenced")
     client.set_registered_model_alias(decision.model_name, CHAMPION_ALIAS, decision.version)
+    pause_point("written")
     try:
         lock.fence("after moving champion")
     except TrackingError as lost:
+        raise _LostAfterWrite(lost, decision) from lost
+
+
+def _repair_after_loss(client: MlflowClient, uri: str, lost: _LostAfterWrite, by: str) -> TrackingError:
+    """Under a fresh turn of the lock, undo this gate's late alias write; returns the error to raise.
+
+    The write may have landed after the holder that broke this gate's lease moved
+    ``champion``. Putting back the champion this gate saw when it decided would undo that
+    holder's promotion too, so the alias goes to the champion of the latest commit record
+    instead (this gate's own when no later holder promoted: then its decision still stands).
+    """
+    decision = lost.decision
+    with promotion_lock(client, uri, decision.model_name, by) as lock:
         current = (_registered_model(client, uri, decision.model_name).aliases or {}).get(CHAMPION_ALIAS)
-        restored = current is not None and str(current) == decision.version
-        if restored:
-            if champion is None:
+        agreed = _committed_champion(client, uri, decision.model_name) or decision.champion_version
+        restored = None
+        if current is not None and str(current) == decision.version and agreed != decision.version:
+            lock.fence("before repairing champion")
+            if agreed is None:
                 client.delete_registered_model_alias(decision.model_name, CHAMPION_ALIAS)
             else:
-                client.set_registered_model_alias(decision.model_name, CHAMPION_ALIAS, champion.version)
+                client.set_registered_model_alias(decision.model_name, CHAMPION_ALIAS, agreed)
+            lock.fence("after repairing champion")
+            restored = agreed or "none"
         record = {
             "event": "lost",
             "version": decision.version,
             "candidate_metric": decision.candidate_metric,
-            "restored_version": (decision.champion_version or "none") if restored else None,
-            "reason": str(lost),
+            "restored_version": restored,
+            "reason": str(lost.lost),
             "at": now_iso(),
             "by": by,
         }
         _audit(client, decision.model_name, lock.token, record)
-        raise TrackingError(
-            f"{lost}; {'restored' if restored else 'left'} {CHAMPION_ALIAS} "
-            f"{'to version ' + str(decision.champion_version) if restored else 'as another gate set it'}"
-        ) from lost
+    outcome = (
+        f"restored {CHAMPION_ALIAS} to version {restored}"
+        if restored
+        else f"left {CHAMPION_ALIAS} as the gates agreed"
+    )
+    return TrackingError(f"{lost.lost}; {outcome}")
 
 
 def promote(
@@ -281,7 +389,7 @@ def promote(
         if champion is not None and champion.version == candidate.version:
             return already_champion()
         with promotion_lock(client, uri, model_name, by) as lock:
-            champion = _champion(client, uri, model_name)
+            champion = _agreed_champion(client, uri, model_name, lock, by)
             if champion is not None and champion.version == candidate.version:
                 return already_champion()
             champion_metric = (
@@ -299,8 +407,15 @@ def promote(
                 min_improvement=min_improvement,
             )
             pause_point("decided")
-            if promoted:
-                _move_champion(client, uri, lock, decision, champion, by)
-            _record_decision(client, decision, candidate, candidate_metric_name, by, lock.token)
+            try:
+                if promoted:
+                    _move_champion(client, lock, decision)
+                _record_decision(client, decision, candidate, candidate_metric_name, by, lock.token)
+            except _LostAfterWrite as lost:
+                lost_after_write = lost
+            else:
+                lost_after_write = None
+        if lost_after_write is not None:
+            raise _repair_after_loss(client, uri, lost_after_write, by) from lost_after_write.lost
     logger.info("promotion of %s version %s: %s", model_name, decision.version, decision.reason)
     return decision
