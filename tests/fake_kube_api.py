@@ -344,7 +344,12 @@ class FakeKubeApi:
                 else:
                     api.calls.append(("batch", "jobs", "list"))
                     wanted = query.get("fieldSelector", "").removeprefix("metadata.name=")
-                    items = [j for n, j in api.jobs.items() if n == wanted]
+                    labels = dict(item.split("=", 1) for item in query.get("labelSelector", "").split(",") if item)
+                    items = [
+                        j for n, j in api.jobs.items()
+                        if (not wanted or n == wanted)
+                        and labels.items() <= j["metadata"].get("labels", {}).items()
+                    ]  # fmt: skip
                     self._reply(200, {"kind": "JobList", "apiVersion": "batch/v1",
                                       "metadata": {"resourceVersion": str(api._version)}, "items": items})  # fmt: skip
 

@@ -1,7 +1,8 @@
-"""The real search step on the prepared ``digits`` folder with a tiny budget, for cluster tests."""
+"""The real search step on the prepared ``digits`` folder with a tiny budget, and its processes, for cluster tests."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +26,27 @@ def tiny_search_step(tmp_path: Path, digits_dir: str, uri: str, parent_id: str, 
         report_path=str(out / "report.md"),
         **settings,
     )
+
+
+def search_processes(under: Path) -> list[int]:
+    """PIDs of live chief/worker processes started for this test (command line or cwd under ``under``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if "nasflow.cluster.worker" in cmdline and state != "Z" and (str(under) in cmdline or cwd.startswith(str(under))):
+            found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

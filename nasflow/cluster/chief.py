@@ -39,6 +39,8 @@ def run_search_on_cluster(
     1. The chief oracle starts as a subprocess; until its port answers, nothing else does.
     2. The spec and dataset are served read-only to the workers
        (:mod:`nasflow.cluster.bootstrap`): worker pods share no volume with this one.
+    0. Worker Jobs an earlier attempt of this search left (a KFP retry runs in a new pod) are
+       deleted, and waited for, before anything else (:func:`~nasflow.cluster.job.retire_stale_workers`).
     3. The Job is created (or adopted after a restart of this pod's step) and followed; every
        ``poll_s`` seconds the chief is checked too, and a dead chief stops the workers.
 
@@ -68,6 +70,7 @@ def run_search_on_cluster(
         BOOTSTRAP_PORT,
         ORACLE_PORT,
         launch_workers,
+        retire_stale_workers,
         wait_for_workers,
         worker_job_manifest,
     )
@@ -87,6 +90,8 @@ def run_search_on_cluster(
     work_dir = Path(spec.work_dir)
     log_dir = work_dir / "logs"
     spec_path = spec.save(work_dir / "worker_spec.json")
+    # Before the chief reconciles the trial runs: no worker of an earlier attempt may write after.
+    retire_stale_workers(spec.parent_run_id, namespace, pod_uid, api_client=api_client)
     chief = launch(
         spec_path, "chief", "chief", oracle_port, 0, log_dir, oracle_ip=bind_host, one_thread=False
     )
@@ -114,6 +119,7 @@ def run_search_on_cluster(
             memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
             # Never outlive the chief's patience, even if nobody is left to delete the Job.
             active_deadline_s=int(timeout_s) + 600,
+            search_run_id=spec.parent_run_id,
         )
 
         def chief_failure() -> str | None:

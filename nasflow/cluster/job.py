@@ -32,6 +32,10 @@ BOOTSTRAP_PORT = 8001
 CHIEF_POD_LABELS: dict[str, str] = {"nasflow.io/role": "search-chief"}
 #: Labels of every worker pod; the NetworkPolicies select workers by these.
 WORKER_POD_LABELS: dict[str, str] = {"nasflow.io/role": "search-worker"}
+#: Label of a worker Job naming the search it serves (the parent MLflow run's id), so that a
+#: retried search step finds the Jobs of its earlier attempts (:func:`retire_stale_workers`).
+SEARCH_RUN_LABEL = "nasflow.io/search-run"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 #: Annotations of every worker pod. Kubeflow profile namespaces inject an Istio sidecar into
 #: every pod; a Job's pod with a sidecar never completes (the proxy keeps running after the
 #: worker exits), so workers opt out, as KFP's own pipeline pods do.
@@ -112,6 +116,7 @@ def worker_job_manifest(
     backoff_limit: int | None = None,
     active_deadline_s: int | None = None,
     ttl_after_finished_s: int = 3600,
+    search_run_id: str = "",
 ) -> dict[str, Any]:
     """Build the indexed Job that runs ``num_workers`` Keras Tuner workers.
 
@@ -141,6 +146,7 @@ def worker_job_manifest(
         backoff_limit: Pod retries of the whole Job; defaults to ``num_workers``.
         active_deadline_s: Optional wall-clock limit of the Job in seconds.
         ttl_after_finished_s: Seconds a finished Job is kept before Kubernetes deletes it.
+        search_run_id: The search's parent MLflow run, as the Job's :data:`SEARCH_RUN_LABEL`.
 
     Returns:
         The Job as a plain dict, ready for ``BatchV1Api.create_namespaced_job``.
@@ -171,13 +177,18 @@ def worker_job_manifest(
     }
     if active_deadline_s is not None:
         job_spec["activeDeadlineSeconds"] = active_deadline_s
+    job_labels = dict(labels)
+    if search_run_id:
+        if not _LABEL_VALUE.match(search_run_id):
+            raise ClusterError(f"search run id {search_run_id!r} is not a valid Kubernetes label value")
+        job_labels[SEARCH_RUN_LABEL] = search_run_id
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": worker_job_name(owner_pod_name),
             "namespace": namespace,
-            "labels": dict(labels),
+            "labels": job_labels,
             "ownerReferences": [
                 {
                     "apiVersion": "v1",
@@ -356,6 +367,73 @@ def launch_workers(manifest: dict[str, Any], *, api_client: Any | None = None) -
     if not wanted & owners:
         raise ClusterError(f"worker job {namespace}/{name} already exists and belongs to another pod")
     logger.info("adopted existing worker job %s/%s", namespace, name)
+
+
+def retire_stale_workers(
+    search_run_id: str,
+    namespace: str,
+    own_pod_uid: str,
+    *,
+    api_client: Any | None = None,
+    timeout_s: float = 300,
+    poll_s: float = 2,
+) -> list[str]:
+    """Delete the worker Jobs an earlier attempt of this search left, and wait until they are gone.
+
+    A retried search step runs in a new pod. The first attempt's Job is owned by the old
+    pod, which Kubernetes keeps (Failed) until the workflow is cleaned up, so its workers go
+    on: they finish the trial they hold and end its MLflow run, after the retry has closed
+    that run as interrupted and handed the trial out again. Deleting the Job in the
+    foreground and waiting until it is gone means every such pod has terminated before the
+    retry's chief reconciles the trial runs: no write of the first attempt can land after.
+
+    Args:
+        search_run_id: The search's parent MLflow run (the Jobs' :data:`SEARCH_RUN_LABEL`).
+        namespace: Namespace of the Jobs.
+        own_pod_uid: UID of this chief pod; its own Job (a restart in the same pod) is kept.
+        api_client: A ``kubernetes.client.ApiClient``; defaults to in-cluster configuration.
+        timeout_s: Longest wait for the deleted Jobs to disappear.
+        poll_s: Seconds between checks.
+
+    Returns:
+        Names of the Jobs deleted.
+
+    Raises:
+        ClusterError: The Jobs cannot be listed or deleted, or are not gone within ``timeout_s``.
+    """
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    batch = client.BatchV1Api(_api_client(api_client))
+    try:
+        listed = batch.list_namespaced_job(namespace=namespace, label_selector=f"{SEARCH_RUN_LABEL}={search_run_id}")
+        stale = [
+            job.metadata.name
+            for job in listed.items
+            if own_pod_uid not in {ref.uid for ref in (job.metadata.owner_references or [])}
+        ]
+        for name in stale:
+            logger.info("deleting worker job %s/%s of an earlier attempt of this search", namespace, name)
+            batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Foreground")
+    except ApiException as error:
+        raise ClusterError(
+            f"cannot retire the worker jobs of an earlier attempt: HTTP {error.status} {_one_line(error.reason)}"
+        ) from error
+    deadline = time.monotonic() + timeout_s
+    for name in stale:
+        while True:
+            try:
+                batch.read_namespaced_job(name=name, namespace=namespace)
+            except ApiException as error:
+                if error.status == 404:
+                    break
+                raise ClusterError(f"cannot read worker job {namespace}/{name}: HTTP {error.status}") from error
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"worker job {namespace}/{name} of an earlier attempt was not gone {timeout_s:g} s after its deletion"
+                )
+            time.sleep(poll_s)
+    return stale
 
 
 def _job_outcome(job: Any) -> str | None:

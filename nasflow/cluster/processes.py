@@ -15,6 +15,38 @@ from nasflow.errors import SearchCrashedError, meaningful_lines
 logger = logging.getLogger(__name__)
 
 
+#: PID of the process that started a chief or worker process, which must die with it
+#: (:func:`die_with_parent`); unset: the process outlives whoever started it.
+PARENT_PID_ENV = "NASFLOW_PARENT_PID"
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the one named by ``NASFLOW_PARENT_PID`` dies.
+
+    Chief and worker processes run in sessions of their own (so that :func:`stop` can end
+    each one's process group), so nothing ends them when the search step that started them
+    is SIGKILLed: a retried step would find the first attempt's oracle still writing the
+    state and its workers still ending trial runs the retry has closed. ``PR_SET_PDEATHSIG``
+    ends them with the step, as a pod's containers end with the pod. The signal follows the
+    *thread* that started the child, so they are started from the step's own thread.
+    Outside Linux this does nothing.
+    """
+    import ctypes
+    import signal
+
+    expected = os.environ.get(PARENT_PID_ENV, "")
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        logger.warning("could not tie this process to its parent: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != int(expected):  # the parent died before the call above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def port_open(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on ``host:port`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -65,6 +97,7 @@ def launch(
     """Start one chief or worker process of ``spec_path`` as ``tuner_id``; its log goes to ``log_dir``."""
     env = dict(os.environ)
     env.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=oracle_ip, KERASTUNER_ORACLE_PORT=str(port))
+    env[PARENT_PID_ENV] = str(os.getpid())
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if one_thread:
         # One thread per worker: on a small machine, N workers x all cores oversubscribes.

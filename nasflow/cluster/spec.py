@@ -28,6 +28,9 @@ class WorkerSpec:
     tracking_uri: str
     work_dir: str
     overwrite: bool
+    #: The chief copies the search state to the parent run's artifacts after every trial
+    #: (:class:`nasflow.search.state.MlflowStateCopy`), so that a retried step resumes.
+    state_copy: bool = False
 
     def save(self, path: str | Path) -> Path:
         """Write the spec as JSON and return the path."""

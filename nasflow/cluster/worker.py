@@ -37,6 +37,7 @@ def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
     settings = SearchSettings(**spec.settings)
     objective = ObjectiveConfig(**spec.objective)
     parent = tracking.open_parent(spec.tracking_uri, spec.parent_run_id)
+    state_sync = _state_copier(parent, Path(spec.work_dir) / PROJECT_NAME) if role == "chief" and spec.state_copy else None
     if role == "worker":
         # A recycled worker starts clean: its previous process's tuner file would make
         # Keras Tuner reload a local copy of the oracle it does not own.
@@ -54,6 +55,7 @@ def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
             overwrite=spec.overwrite if role == "chief" else False,
             in_process=True,
             trials_this_process=trials_per_process if role == "worker" else 0,
+            state_sync=state_sync,
         )
     except Exception as error:
         if role == "worker" and _is_deadline(error):
@@ -62,6 +64,26 @@ def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
             return ORACLE_GONE_EXIT_CODE
         raise
     return RECYCLE_EXIT_CODE if getattr(tuner, "nas_quota_reached", False) else 0
+
+
+def _state_copier(parent, project_dir: Path):
+    """The chief's after-trial hook: copy the changed state files to the parent run, one call at a time.
+
+    The chief's oracle ends trials from several gRPC threads; unserialized, an older
+    ``oracle.json`` could be uploaded after a newer one.
+    """
+    import threading
+
+    from nasflow.search.state import MlflowStateCopy
+
+    copy = MlflowStateCopy(parent, project_dir)
+    lock = threading.Lock()
+
+    def sync() -> list[str]:
+        with lock:
+            return copy.sync()
+
+    return sync
 
 
 #: Exit code of a worker whose chief stopped answering.
@@ -101,11 +123,16 @@ def _is_deadline(error: BaseException) -> bool:
 
 def _supervise(spec_path: str, role: str, trials_per_process: int) -> int:
     """Keep starting the worker while it exits for recycling (used inside a worker pod)."""
+    import os
+
+    from nasflow.cluster.processes import PARENT_PID_ENV
+
     child = [sys.executable, "-m", "nasflow.cluster.worker", "--spec", spec_path, "--role", role]
     if trials_per_process:
         child += ["--trials-per-process", str(trials_per_process)]
+    env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
     while True:
-        code = subprocess.call(child)
+        code = subprocess.call(child, env=env)
         if code != RECYCLE_EXIT_CODE:
             return code
 
@@ -125,6 +152,9 @@ def _local_spec_from_chief(url: str, timeout_s: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one chief or worker process."""
+    from nasflow.cluster.processes import die_with_parent
+
+    die_with_parent()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="nasflow.cluster.worker")
     source = parser.add_mutually_exclusive_group(required=True)

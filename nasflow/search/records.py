@@ -186,12 +186,21 @@ def close_as_killed(parent: tracking.RunHandle, run_id: str, reason: str) -> Non
 
 
 def close_running_attempts(parent: tracking.RunHandle, trial_id: str) -> dict[str, str]:
-    """Close, as KILLED, runs of this trial that a dead process left RUNNING."""
-    closed = {}
-    for run in trial_runs(parent, f"tags.`nasflow.trial_id` = '{trial_id}' and attributes.status = 'RUNNING'"):
-        close_as_killed(parent, run.info.run_id, "the process running this trial stopped")
-        closed[trial_id] = run.info.run_id
-    return closed
+    """Close, as KILLED, runs of this trial that a dead process left RUNNING.
+
+    Returns:
+        ``{trial_id: run id}`` of the latest interrupted attempt (closed here, or already
+        KILLED by the chief of a resumed distributed search, whose workers do not share its
+        memory), for the new run to link; empty when the trial never ran before.
+    """
+    latest = None
+    query = f"tags.`nasflow.trial_id` = '{trial_id}' and attributes.status != 'FINISHED' and attributes.status != 'FAILED'"
+    for run in trial_runs(parent, query):
+        if run.info.status != "KILLED":
+            close_as_killed(parent, run.info.run_id, "the process running this trial stopped")
+        if latest is None or run.info.start_time >= latest.info.start_time:
+            latest = run
+    return {trial_id: latest.info.run_id} if latest is not None else {}
 
 
 def collect_trials(parent: tracking.RunHandle) -> list[dict[str, Any]]:

@@ -100,6 +100,9 @@ class CrashSafeOracle:
     _nasflow_elapsed_before = 0.0
     _nasflow_session_started = 0.0
     _nasflow_ending: str | None = None
+    #: Called after each trial's end is saved (the chief of a distributed search copies its
+    #: state with it, since its tuner never ends a trial itself); None: nothing.
+    nas_after_end_trial = None
 
     def search_elapsed_s(self) -> float:
         """Search time spent by this search in every attempt, up to now."""
@@ -123,9 +126,12 @@ class CrashSafeOracle:
         # Only the fault point reads this: a chief ending two trials at once may mislabel one write.
         self._nasflow_ending = trial.trial_id
         try:
-            return super().end_trial(trial)
+            ended = super().end_trial(trial)
         finally:
             self._nasflow_ending = None
+        if self.nas_after_end_trial is not None:
+            self.nas_after_end_trial()
+        return ended
 
     def get_state(self):
         """The strategy's state plus the search time spent so far."""
@@ -306,8 +312,8 @@ def prepare_state(
             state lives in ``default_dir`` and is copied to the parent run's artifacts.
         default_dir: The task's own (not persistent) folder for the state.
         project_name: Keras Tuner's project folder name.
-        copy_to_parent: Keep the copy in the parent run (False: a chief/worker search, whose
-            chief owns the state; it needs ``state_dir`` to resume).
+        copy_to_parent: Keep the copy in the parent run (False: none; a retry then resumes
+            only from ``state_dir``). In a chief/worker search the chief process uploads it.
 
     Returns:
         The work folder for the tuner, whether it holds a state to resume, and the copy.

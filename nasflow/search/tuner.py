@@ -154,6 +154,9 @@ def run_search(
         overwrite=overwrite,
     )
     tuner.nas_state_sync = state_sync
+    if _is_distributed_chief():
+        # A chief's tuner runs no trial: its oracle ends them (EndTrial calls) and copies the state.
+        oracle.nas_after_end_trial = state_sync
     if not _is_distributed_worker():
         # The reloaded state holds the search time of earlier attempts: the budget goes on from there.
         context.deadline = oracle.search_deadline(settings.max_search_minutes)
@@ -229,6 +232,11 @@ def _search_until_stopped(tuner, settings: SearchSettings, trials_this_process: 
 def _is_distributed_worker() -> bool:
     """Whether Keras Tuner runs this process as a worker of a chief oracle (env-configured)."""
     return bool(os.environ.get("KERASTUNER_ORACLE_IP")) and os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
+
+
+def _is_distributed_chief() -> bool:
+    """Whether this process serves the oracle to worker processes (env-configured)."""
+    return bool(os.environ.get("KERASTUNER_ORACLE_IP")) and os.environ.get("KERASTUNER_TUNER_ID") == "chief"
 
 
 def _last_failure_reason(message: str) -> str:

@@ -103,13 +103,13 @@ def search_step(
         state_dir=state_dir,
         default_dir=Path(best_hyperparameters_path).parent / "tuner",
         project_name=PROJECT_NAME,
-        copy_to_parent=not settings.uses_worker_processes,
     )
     work_dir, resume = state.work_dir, state.resume
     with _search_progress(parent, settings, resume):
         if settings.uses_worker_processes:
             _search_with_workers(
-                dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume, worker_image
+                dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume, worker_image,
+                state_copy=state.copy is not None,
             )
         else:
             run_search(
@@ -249,7 +249,8 @@ def _search_progress(parent: tracking.RunHandle, settings, resume: bool) -> Iter
 
 
 def _search_with_workers(
-    dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume, worker_image=""
+    dataset_dir, space, space_path, settings, objective_config, parent, work_dir, resume, worker_image="",
+    state_copy=False,
 ) -> None:
     """Chief + worker processes: local processes, or an indexed Job when running in a pod."""
     from dataclasses import asdict
@@ -266,6 +267,7 @@ def _search_with_workers(
         tracking_uri=parent.client.tracking_uri,
         work_dir=str(Path(work_dir).resolve()),
         overwrite=not resume,
+        state_copy=state_copy,  # the chief owns the state: it keeps the copy a retry resumes from
     )
     if cluster.in_kubernetes() and settings.num_workers > 0:
         cluster.run_search_on_cluster(

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 from fake_kube_api import NAMESPACE, FakeKubeApi, FakeKubelet
 from mlflow_server import free_port, running_mlflow_server
-from search_steps import tiny_search_step
+from search_steps import cmdline, search_processes, tiny_search_step
 
 from nasflow import tracking
 from nasflow.config import CLUSTER_CREDENTIALS_SECRET
@@ -66,30 +66,6 @@ def _search(tmp_path: Path, digits_dir: str, uri: str, **kwargs) -> tuple[str, d
     parent_id = tracking.start_parent_run(uri, f"cluster-{tmp_path.name}", "search")
     metrics = tiny_search_step(tmp_path, digits_dir, uri, parent_id, num_workers=2, **kwargs)
     return parent_id, metrics
-
-
-def _search_processes(under: Path) -> list[int]:
-    """PIDs of live chief/worker processes started for this test (command line or cwd under ``under``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            cwd = os.readlink(entry / "cwd")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if "nasflow.cluster.worker" in cmdline and state != "Z" and (str(under) in cmdline or cwd.startswith(str(under))):
-            found.append(int(entry.name))
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_dir, mlflow_uri, in_a_pod, monkeypatch):
@@ -144,7 +120,7 @@ def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_d
 
     # The chief exited by itself once the workers were done; no process is left behind.
     assert "Traceback" not in (tmp_path / "state" / "logs" / "chief.log").read_text()
-    assert _search_processes(tmp_path) == []
+    assert search_processes(tmp_path) == []
 
 
 def test_a_worker_pod_killed_again_and_again_fails_the_step_with_its_reason(
@@ -165,7 +141,7 @@ def test_a_worker_pod_killed_again_and_again_fails_the_step_with_its_reason(
     assert "OOMKilled (exit code 137)" in message and "BackoffLimitExceeded" in message
     # backoffLimit = num_workers: the third failed pod fails the Job, and nothing runs on.
     assert sum(1 for pod in kubelet.pods if pod.index == 1) == 3
-    assert _search_processes(tmp_path) == []
+    assert search_processes(tmp_path) == []
 
 
 def test_a_dead_chief_stops_the_workers(tmp_path, digits_dir, mlflow_uri, in_a_pod):
@@ -174,7 +150,7 @@ def test_a_dead_chief_stops_the_workers(tmp_path, digits_dir, mlflow_uri, in_a_p
     def kill_the_chief_once_workers_run() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            chiefs = [pid for pid in _search_processes(tmp_path / "state") if b"--role\0chief" in _cmdline(pid)]
+            chiefs = [pid for pid in search_processes(tmp_path / "state") if b"--role\0chief" in cmdline(pid)]
             if chiefs and kube.kubelet.running():
                 os.kill(chiefs[0], signal.SIGKILL)
                 return
@@ -194,4 +170,4 @@ def test_a_dead_chief_stops_the_workers(tmp_path, digits_dir, mlflow_uri, in_a_p
     assert "stopped worker job" in message and "the chief oracle exited with code -9" in message
     assert ("batch", "jobs", "delete") in kube.calls, "the workers were stopped with their Job"
     assert kube.jobs == {}
-    assert _search_processes(tmp_path) == []
+    assert search_processes(tmp_path) == []
