@@ -230,51 +230,7 @@ def test_a_good_table_passes_the_early_check(tmp_path):
     check_run_inputs({"dataset": str(tmp_path / "table.csv"), "label_column": "label", "search_space": "mlp"})
 
 
-# --- `nasflow runs` / `nasflow show`, and what a finished run carries (the shared tiny run) ------
-
-
-@pytest.mark.slow
-def test_a_finished_run_carries_views_links_and_headline_numbers(tiny_sqlite_run, capsys):
-    from nasflow import tracking
-
-    result, uri = tiny_sqlite_run
-    summary = result.summary
-    client = tracking.make_client(uri)
-    parent = client.get_run(summary["parent_run_id"])
-    assert summary["experiment_id"] == parent.info.experiment_id
-    for metric in ("test_accuracy", "search.best_val_accuracy", "selected.size_kb", "selected.latency_p50_ms"):
-        assert metric in parent.data.metrics, metric
-    search_files = {item.path for item in client.list_artifacts(parent.info.run_id, "search")}
-    assert {"search/report.html", "search/pareto.png", "search/best_so_far.png"} <= search_files
-    trials = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
-        "and tags.`nasflow.role` = 'trial'",
-    )  # fmt: skip
-    for trial in trials:
-        assert re.match(r"^trial-\d{3} \S", trial.info.run_name), trial.info.run_name
-        names = {item.path for item in client.list_artifacts(trial.info.run_id, "architecture")}
-        assert {"architecture/model.dot", "architecture/summary.txt"} <= names
-        if architecture.graphviz_available():
-            assert "architecture/model.png" in names, "a 2-trial search draws every trial"
-
-    # What `nasflow run` showed on the terminal, replayed from the run's log.
-    terminal = io.StringIO()
-    _ProgressTee(io.StringIO(), _TerminalProgress(terminal, interactive=False)).write(result.log_path.read_text())
-    shown = [line.strip() for line in terminal.getvalue().splitlines()]
-    assert [line.split("  ")[0] for line in shown if line.startswith("trial")] == ["trial 1/2", "trial 2/2"], shown
-    assert any(line.startswith("epoch 1/2  loss") for line in shown), shown
-    assert [line.split("  ")[0] for line in shown if line.startswith("variant")] == ["variant 1/3", "variant 2/3", "variant 3/3"]
-    task_line = re.compile(r"(Executing task|finished with status|Running pipeline|Pipeline .* finished)")
-    noise = [line for line in shown if not (task_line.search(line) or progress.parse(line))]
-    assert not noise, f"only task and progress lines reach the terminal: {noise}"
-
-    assert cli_main(["runs", "--tracking-uri", uri]) == 0
-    listing = capsys.readouterr().out
-    assert parent.info.run_id in listing and f"{summary['test_accuracy']:.4f}" in listing
-    assert cli_main(["show", parent.info.run_id[:8], "--tracking-uri", uri]) == 0
-    shown = capsys.readouterr().out
-    assert shown.strip() == format_summary(summary, (parent.info.end_time - parent.info.start_time) / 1000).strip()
-    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in shown
+# --- `nasflow show` on a store that does not exist (a finished run's views: tests/e2e) ------
 
 
 def test_show_names_a_run_that_does_not_exist(tmp_path, capsys):

@@ -7,19 +7,23 @@ chained compression variant).
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import pytest
 from e2e_runs import check_run, runs_of, tiny_params
 from mlflow_server import create_tagged_version, running_mlflow_server
 
-from nasflow import tracking
-from nasflow.cli.local_run import run_pipeline_locally
+from nasflow import progress, tracking
+from nasflow.cli.local_run import _ProgressTee, _TerminalProgress, format_summary, run_pipeline_locally
 from nasflow.cli.main import main as cli_main
+from nasflow.search import architecture
+
 
 @pytest.fixture(scope="module")
 def sqlite_run(tiny_sqlite_run):
-    # The run is shared with the tests that read its results (tests/ui, test_run_views).
+    # The session's one pipeline run, shared with tests/ui (slow tier: a browser reads it).
     return tiny_sqlite_run
 
 
@@ -57,6 +61,48 @@ def test_promote_cli_refuses_and_exits_non_zero(sqlite_run, capsys):
 
     code = cli_main(["promote", "--model-name", "no-such-model", "--tracking-uri", uri])
     assert code == 2
+
+
+def test_a_finished_run_carries_views_links_and_headline_numbers(sqlite_run, capsys):
+    """What `nasflow run` showed, and what `nasflow runs` / `nasflow show` find afterwards."""
+    result, uri = sqlite_run
+    summary = result.summary
+    client = tracking.make_client(uri)
+    parent = client.get_run(summary["parent_run_id"])
+    assert summary["experiment_id"] == parent.info.experiment_id
+    for metric in ("test_accuracy", "search.best_val_accuracy", "selected.size_kb", "selected.latency_p50_ms"):
+        assert metric in parent.data.metrics, metric
+    search_files = {item.path for item in client.list_artifacts(parent.info.run_id, "search")}
+    assert {"search/report.html", "search/pareto.png", "search/best_so_far.png"} <= search_files
+    trials = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+        "and tags.`nasflow.role` = 'trial'",
+    )  # fmt: skip
+    for trial in trials:
+        assert re.match(r"^trial-\d{3} \S", trial.info.run_name), trial.info.run_name
+        names = {item.path for item in client.list_artifacts(trial.info.run_id, "architecture")}
+        assert {"architecture/model.dot", "architecture/summary.txt"} <= names
+        if architecture.graphviz_available():
+            assert "architecture/model.png" in names, "a 2-trial search draws every trial"
+
+    # What `nasflow run` showed on the terminal, replayed from the run's log.
+    terminal = io.StringIO()
+    _ProgressTee(io.StringIO(), _TerminalProgress(terminal, interactive=False)).write(result.log_path.read_text())
+    shown = [line.strip() for line in terminal.getvalue().splitlines()]
+    assert [line.split("  ")[0] for line in shown if line.startswith("trial")] == ["trial 1/2", "trial 2/2"], shown
+    assert any(line.startswith("epoch 1/2  loss") for line in shown), shown
+    assert [line.split("  ")[0] for line in shown if line.startswith("variant")] == ["variant 1/3", "variant 2/3", "variant 3/3"]
+    task_line = re.compile(r"(Executing task|finished with status|Running pipeline|Pipeline .* finished)")
+    noise = [line for line in shown if not (task_line.search(line) or progress.parse(line))]
+    assert not noise, f"only task and progress lines reach the terminal: {noise}"
+
+    assert cli_main(["runs", "--tracking-uri", uri]) == 0
+    listing = capsys.readouterr().out
+    assert parent.info.run_id in listing and f"{summary['test_accuracy']:.4f}" in listing
+    assert cli_main(["show", parent.info.run_id[:8], "--tracking-uri", uri]) == 0
+    shown = capsys.readouterr().out
+    assert shown.strip() == format_summary(summary, (parent.info.end_time - parent.info.start_time) / 1000).strip()
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in shown
 
 
 @pytest.mark.slow  # a second whole pipeline run, against a real mlflow server process
