@@ -52,21 +52,14 @@ def search_step(
         Scalar metrics for the KFP ``Metrics`` artifact.
     """
     from nasflow.data import load_prepared
+    from nasflow.search.costs import costs_to_measure
     from nasflow.search.objectives import ObjectiveConfig
     from nasflow.search.records import collect_trials
-    from nasflow.search.selection import choose_best, summarize_rows, write_trial_table
-    from nasflow.search.settings import PROJECT_NAME, SearchSettings
-    from nasflow.search.state import prepare_state
-    from nasflow.search.tuner import run_search
-    from nasflow.spaces.schema import load_search_space, resolve_search_space
+    from nasflow.search.selection import choose_best, summarize_rows
+    from nasflow.search.settings import SearchSettings
 
     data = load_prepared(dataset_dir)
-    space_path = resolve_search_space(search_space or None, data.metadata.modality)
-    space = load_search_space(space_path)
-    if space.modality != data.metadata.modality:
-        raise SearchError(
-            f"search space {space_path} is for {space.modality} data but dataset {data.metadata.name} is {data.metadata.modality}"
-        )
+    space_path, space = _space_for(data, search_space)
     objective_config = ObjectiveConfig.from_parameters(objective or {})
     settings = SearchSettings(
         strategy=strategy,
@@ -79,29 +72,86 @@ def search_step(
         early_stopping=early_stopping,
         measure_costs=measure_costs,
     )
-    from nasflow.search.costs import costs_to_measure
-
     costs_to_measure(objective_config, settings.measure_costs)  # refuses 'none' for a cost objective
     parent = tracking.open_parent(tracking_uri, parent_run_id)
     settings = _warm_start(parent, settings, warm_start, data, space, objective_config)
+    _log_search_inputs(parent, settings, space, space_path, objective_config, data.metadata.name)
+    _run_resumable_search(
+        parent,
+        data,
+        dataset_dir,
+        space,
+        space_path,
+        settings,
+        objective_config,
+        state_dir=state_dir,
+        default_state_dir=Path(best_hyperparameters_path).parent / "tuner",
+        worker_image=worker_image,
+    )
+
+    rows = collect_trials(parent)
+    result = choose_best(rows, objective_config)
+    if settings.measure_costs == "auto":
+        result = _measure_chosen_and_front(parent, rows, result, space, data, objective_config)
+    _write_choice(parent, rows, result, space, space_path, objective_config, trial_table_path, best_hyperparameters_path)
+    pareto_dir = Path(trial_table_path).parent / "pareto"
+    _write_reports(parent, rows, result, objective_config, pareto_dir, report_path, html_report_path)
+    metrics = summarize_rows(rows)
+    metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
+    parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
+    return metrics
+
+
+def _space_for(data, search_space: str):
+    """The search space to use (named, a YAML path, or picked by modality), checked against the data.
+
+    Returns:
+        The space's YAML path and the loaded space.
+    """
+    from nasflow.spaces.schema import load_search_space, resolve_search_space
+
+    space_path = resolve_search_space(search_space or None, data.metadata.modality)
+    space = load_search_space(space_path)
+    if space.modality != data.metadata.modality:
+        raise SearchError(
+            f"search space {space_path} is for {space.modality} data but dataset {data.metadata.name} is {data.metadata.modality}"
+        )
+    return space_path, space
+
+
+def _log_search_inputs(parent, settings, space, space_path, objective_config, dataset_name: str) -> None:
+    """Log what the search ran with on the parent run, and the space's YAML beside it."""
     parent.log_params(
         {
-            "search.strategy": strategy,
-            "search.max_trials": max_trials,
-            "search.epochs": epochs,
+            "search.strategy": settings.strategy,
+            "search.max_trials": settings.max_trials,
+            "search.epochs": settings.epochs,
             "search.space": space.name,
             "search.objective": objective_config.mode,
             # start-tracking logged ``dataset`` as the path the user gave; this is its short name.
-            "dataset_name": data.metadata.name,
+            "dataset_name": dataset_name,
         }
     )
     parent.log_artifact(space_path, "search_space")
-    # A retried task resumes from the state of the attempt before: by default a copy kept
-    # in the parent run's artifacts (no volume to set up), or a persistent state_dir (PVC).
+
+
+def _run_resumable_search(
+    parent, data, dataset_dir: str, space, space_path, settings, objective_config, *, state_dir: str,
+    default_state_dir: Path, worker_image: str,
+) -> None:
+    """Run the search in this process or in worker processes, resuming what an earlier attempt left.
+
+    A retried task resumes from the state of the attempt before: by default a copy kept
+    in the parent run's artifacts (no volume to set up), or a persistent state_dir (PVC).
+    """
+    from nasflow.search.settings import PROJECT_NAME
+    from nasflow.search.state import prepare_state
+    from nasflow.search.tuner import run_search
+
     state = prepare_state(
         parent,
         state_dir=state_dir,
-        default_dir=Path(best_hyperparameters_path).parent / "tuner",
+        default_dir=default_state_dir,
         project_name=PROJECT_NAME,
     )
     work_dir, resume = state.work_dir, state.resume
@@ -117,10 +167,13 @@ def search_step(
                 state_sync=state.sync,
             )
 
-    rows = collect_trials(parent)
-    result = choose_best(rows, objective_config)
-    if settings.measure_costs == "auto":
-        result = _measure_chosen_and_front(parent, rows, result, space, data, objective_config)
+
+def _write_choice(
+    parent, rows, result, space, space_path, objective_config, trial_table_path: str, best_hyperparameters_path: str
+) -> None:
+    """Write and log the trial table and the chosen trial's hyperparameters; tag the chosen trial."""
+    from nasflow.search.selection import write_trial_table
+
     Path(trial_table_path).parent.mkdir(parents=True, exist_ok=True)
     write_trial_table(rows, trial_table_path)
     log_named(parent, trial_table_path, "trials.csv", "search")
@@ -133,17 +186,15 @@ def search_step(
     parent.set_tags({"nasflow.best_trial_id": result.best_trial_id, "nasflow.best_architecture": result.best_row["architecture"]})
     tracking.set_tags(parent.client, result.best_row["mlflow_run_id"], {"nasflow.best_trial": "true"})
 
-    pareto_dir = Path(trial_table_path).parent / "pareto"
+
+def _write_reports(parent, rows, result, objective_config, pareto_dir: Path, report_path: str, html_report_path: str):
+    """The Markdown report (KFP UI), the Pareto files and the HTML report, logged on the parent run."""
     report = _search_report(rows, result, objective_config, pareto_dir)
     Path(report_path).parent.mkdir(parents=True, exist_ok=True)
     Path(report_path).write_text(report)
     for produced in sorted(pareto_dir.glob("pareto.*")):
         parent.log_artifact(produced, "search")
     _html_report(parent, rows, result, objective_config, pareto_dir, html_report_path)
-    metrics = summarize_rows(rows)
-    metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
-    parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
-    return metrics
 
 
 def _warm_start(parent, settings, warm_start: str, data, space, objective):
