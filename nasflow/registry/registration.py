@@ -140,15 +140,7 @@ def register_model(
         )
     example = np.asarray(input_example[:5], dtype=np.float32)
     signature, outputs = _signature(keras_model_path, example)
-    version_tags = {
-        **(tags or {}),
-        TEST_METRIC_TAG: repr(metric_value),
-        TEST_METRIC_NAME_TAG: test_metric_name,
-        SERVED_FORMAT_TAG: serve,
-        "nasflow.keras_artifact": f"artifacts/{Path(keras_model_path).name}",
-    }
-    if tflite_path:
-        version_tags["nasflow.tflite_artifact"] = f"artifacts/{Path(tflite_path).name}"
+    version_tags = _version_tags(tags, test_metric_name, metric_value, serve, keras_model_path, tflite_path)
 
     with (
         tracking_errors(uri, f"register {model_name}"),
@@ -165,11 +157,7 @@ def register_model(
             pip_requirements=SERVING_REQUIREMENTS[serve],
         )
         client = client_for(uri)
-        try:
-            client.create_registered_model(model_name)
-        except MlflowException as error:
-            if not is_error_code(error, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
+        _create_registered_model(client, model_name)
         created = client.create_model_version(
             name=model_name, source=info.model_uri, run_id=used_run, tags=version_tags, model_id=info.model_id
         )
@@ -183,6 +171,36 @@ def register_model(
         alias=CHALLENGER_ALIAS,
         uri=f"models:/{model_name}/{created.version}",
     )
+
+
+def _version_tags(
+    tags: dict[str, str] | None,
+    test_metric_name: str,
+    metric_value: float,
+    serve: str,
+    keras_model_path: str,
+    tflite_path: str | None,
+) -> dict[str, str]:
+    """The caller's tags plus what the promotion gate and serving read: the metric, the format, the files."""
+    version_tags = {
+        **(tags or {}),
+        TEST_METRIC_TAG: repr(metric_value),
+        TEST_METRIC_NAME_TAG: test_metric_name,
+        SERVED_FORMAT_TAG: serve,
+        "nasflow.keras_artifact": f"artifacts/{Path(keras_model_path).name}",
+    }
+    if tflite_path:
+        version_tags["nasflow.tflite_artifact"] = f"artifacts/{Path(tflite_path).name}"
+    return version_tags
+
+
+def _create_registered_model(client, model_name: str) -> None:
+    """Create the registered model unless it exists (the first registration, or a concurrent one, made it)."""
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as error:
+        if not is_error_code(error, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
 
 
 def _checked_artifacts(
