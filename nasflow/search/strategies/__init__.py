@@ -31,6 +31,7 @@ _FACTORIES: dict[str, str] = {
     "tpe": "nasflow.search.strategies.optuna_sampler:tpe",
     "gp": "nasflow.search.strategies.optuna_sampler:gp",
     "nsga2": "nasflow.search.strategies.optuna_sampler:nsga2",
+    "tpe_local": "nasflow.search.strategies.tpe_local:make",
 }
 
 #: Names of every strategy, in the order the CLI lists them.
