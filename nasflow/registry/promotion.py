@@ -363,35 +363,15 @@ def promote(
     client = client_for(uri)
     by = actor or default_actor()
     with tracking_errors(uri, f"promote {model_name}"):
-        if version is None:
-            aliases = _registered_model(client, uri, model_name).aliases or {}
-            if CHALLENGER_ALIAS not in aliases:
-                raise TrackingError(
-                    f"registered model {model_name!r} at {uri} has no {CHALLENGER_ALIAS!r} alias"
-                )
-            version = str(aliases[CHALLENGER_ALIAS])
-        candidate = _model_version(client, uri, model_name, str(version))
+        candidate = _candidate_version(client, uri, model_name, version)
         candidate_metric, candidate_metric_name = _version_metric(candidate, uri, metric_name)
-
-        def already_champion() -> PromotionDecision:
-            return PromotionDecision(
-                promoted=True,
-                reason=f"version {candidate.version} already is {CHAMPION_ALIAS}; nothing changed",
-                model_name=model_name,
-                version=str(candidate.version),
-                candidate_metric=candidate_metric,
-                champion_version=str(candidate.version),
-                champion_metric=candidate_metric,
-                min_improvement=min_improvement,
-            )
-
         champion = _champion(client, uri, model_name)
         if champion is not None and champion.version == candidate.version:
-            return already_champion()
+            return _already_champion(model_name, candidate, candidate_metric, min_improvement)
         with promotion_lock(client, uri, model_name, by) as lock:
             champion = _agreed_champion(client, uri, model_name, lock, by)
             if champion is not None and champion.version == candidate.version:
-                return already_champion()
+                return _already_champion(model_name, candidate, candidate_metric, min_improvement)
             champion_metric = (
                 None if champion is None else _version_metric(champion, uri, candidate_metric_name)[0]
             )
@@ -419,3 +399,31 @@ def promote(
             raise _repair_after_loss(client, uri, lost_after_write, by) from lost_after_write.lost
     logger.info("promotion of %s version %s: %s", model_name, decision.version, decision.reason)
     return decision
+
+
+def _candidate_version(client, uri: str, model_name: str, version: str | None):
+    """The version to judge: the one named, else the one behind ``challenger``.
+
+    Raises:
+        TrackingError: The model has no ``challenger`` alias, or the version does not exist.
+    """
+    if version is None:
+        aliases = _registered_model(client, uri, model_name).aliases or {}
+        if CHALLENGER_ALIAS not in aliases:
+            raise TrackingError(f"registered model {model_name!r} at {uri} has no {CHALLENGER_ALIAS!r} alias")
+        version = str(aliases[CHALLENGER_ALIAS])
+    return _model_version(client, uri, model_name, str(version))
+
+
+def _already_champion(model_name: str, candidate, candidate_metric: float, min_improvement: float) -> PromotionDecision:
+    """The decision for a candidate that already is champion: promoted, nothing to change."""
+    return PromotionDecision(
+        promoted=True,
+        reason=f"version {candidate.version} already is {CHAMPION_ALIAS}; nothing changed",
+        model_name=model_name,
+        version=str(candidate.version),
+        candidate_metric=candidate_metric,
+        champion_version=str(candidate.version),
+        champion_metric=candidate_metric,
+        min_improvement=min_improvement,
+    )
