@@ -160,8 +160,10 @@ def run_search(
     if not _is_distributed_worker():
         # The reloaded state holds the search time of earlier attempts: the budget goes on from there.
         context.deadline = oracle.search_deadline(settings.max_search_minutes)
-    if parent is not None and not overwrite and not _is_distributed_worker():
-        # Only the process that owns the oracle knows which trials have ended.
+    if parent is not None and not _is_distributed_worker():
+        # Only the process that owns the oracle knows which trials have ended. A fresh start
+        # under a parent that already has trial runs is a retry of an attempt killed before
+        # its state was first saved: none of those runs ended a trial this oracle knows of.
         context.interrupted_runs = reconcile_trial_runs(parent, tuner.oracle)
     _search_until_stopped(tuner, settings, trials_this_process)
     return tuner

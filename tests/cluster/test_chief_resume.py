@@ -19,6 +19,7 @@ left, and no process of the first attempt still running once the retry starts.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -82,17 +83,28 @@ def _trial_runs(client, parent_id: str) -> list:
     )
 
 
-def _wait_until_mid_search(client, parent_id: str, step: subprocess.Popen, log: Path) -> set[str]:
-    """Block until one trial has finished and another is running; returns the finished run ids."""
+def _wait_until_mid_search(
+    client, parent_id: str, step: subprocess.Popen, log: Path, tmp_path: Path
+) -> set[str]:
+    """Block until the state holds an ended trial and another trial runs; returns the committed trials' runs."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         assert step.poll() is None, f"the step ended before it could be killed: {log.read_text()[-2000:]}"
         runs = _trial_runs(client, parent_id)
-        finished = {run.info.run_id for run in runs if run.info.status == "FINISHED"}
-        if finished and any(run.info.status == "RUNNING" for run in runs):
-            return finished
+        if any(run.info.status == "RUNNING" for run in runs) and client.list_artifacts(
+            parent_id, "search_state"
+        ):
+            copy = client.download_artifacts(parent_id, "search_state/oracle.json", str(tmp_path))
+            ended = set(json.loads(Path(copy).read_text())["end_order"])
+            committed = {
+                run.info.run_id
+                for run in runs
+                if run.info.status == "FINISHED" and run.data.tags["nasflow.trial_id"] in ended
+            }
+            if committed:
+                return committed
         time.sleep(0.2)
-    raise AssertionError("the search never had a finished and a running trial at once")
+    raise AssertionError("the search never had a synced ended trial and a running trial at once")
 
 
 def _wait_gone(under: Path) -> list[int]:
@@ -131,7 +143,7 @@ def test_a_killed_step_with_local_workers_resumes_when_run_again(tmp_path, digit
     first = _start_step(tmp_path / "attempt1", digits_dir, mlflow_uri, parent_id, {})
     try:
         finished_before_kill = _wait_until_mid_search(
-            client, parent_id, first, tmp_path / "attempt1" / "step.log"
+            client, parent_id, first, tmp_path / "attempt1" / "step.log", tmp_path
         )
         first.send_signal(signal.SIGKILL)  # the task process only, as kfp.local's task dies
         first.wait()
@@ -170,7 +182,7 @@ def test_a_killed_chief_pod_resumes_in_a_new_pod_and_retires_the_old_workers(
         first_env = _pod_env(kube, tmp_path / "kubeconfig", "nas-run-search-attempt1", "uid-attempt-1")
         first = _start_step(tmp_path / "attempt1", digits_dir, mlflow_uri, parent_id, first_env)
         finished_before_kill = _wait_until_mid_search(
-            client, parent_id, first, tmp_path / "attempt1" / "step.log"
+            client, parent_id, first, tmp_path / "attempt1" / "step.log", tmp_path
         )
         # The pod dies whole: the step and the chief oracle it runs; its worker pods do not.
         for pid in [first.pid, *search_processes(tmp_path / "attempt1")]:
