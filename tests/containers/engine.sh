@@ -95,9 +95,13 @@ build_image() {
   from="$(awk 'toupper($1) == "FROM" {print $2; exit}' "$REPO/$dockerfile")"
   base_image "$from"
   local log="$CONF_DIR/build-$(basename "$dockerfile").log" started=$SECONDS
+  # podman writes the image id only when the build succeeded; a build stopped by SIGTERM was
+  # seen to exit 0 here, and the tag would still name the previous (stale) image.
+  local iid="$CONF_DIR/iid-$(basename "$dockerfile")"
+  rm -f "$iid"
   note "building $dockerfile as $tag (log: $log)"
-  if ! podman build --pull=never --format docker --network=host --layers \
-    -f "$REPO/$dockerfile" -t "$tag" "$REPO" >"$log" 2>&1; then
+  if ! podman build --pull=never --format docker --network=host --layers --iidfile "$iid" \
+    -f "$REPO/$dockerfile" -t "$tag" "$REPO" >"$log" 2>&1 || [ ! -s "$iid" ]; then
     tail -n 20 "$log" >&2
     die "podman build of $dockerfile failed (full log: $log)"
   fi
