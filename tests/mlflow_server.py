@@ -99,6 +99,9 @@ def running_mlflow_server(
     uri = f"http://{host}:{port}"
     log_path = root / "mlflow-server.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    # MLflow's GenAI job runner (about ten huey consumer processes per server) serves nothing
+    # nasflow uses; k8s/base/mlflow.yaml turns it off too.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--host", host, "--port", str(port), "--workers", str(workers),
