@@ -50,7 +50,7 @@ test: $(STAMP) $(CHECKOV) system-deps
 
 # The slow real-infrastructure tests alone (the first half of `make test-containers`).
 test-slow: $(STAMP) system-deps
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow -n 2 --dist loadfile
 
 # The container tier: builds docker/Dockerfile (+ .gpu) unchanged with podman as $(IMAGE) /
 # $(IMAGE_GPU), the tags `make image` gives, and runs tests/containers in and against them.

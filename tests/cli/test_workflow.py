@@ -90,6 +90,7 @@ def test_pull_request_job_tests_compiles_and_smoke_searches(workflow):
     assert setup["with"]["python-version"] == "3.11"
     scripts = [s.get("run", "") for s in steps]
     assert any(s.strip() == "make test" for s in scripts)
+    assert any(s.strip() == "make test-slow" for s in scripts), "the slow tier runs on every pull request too"
     assert any("nasflow compile" in s for s in scripts)
     smoke = next(s for s in scripts if "nasflow run" in s)
     for option in ("--dataset digits", "--max-trials 2", "--epochs 1", "--train-epochs 1"):
