@@ -160,6 +160,9 @@ class CrashSafeOracle:
         for trial_id in [trial_id for trial_id in self.trials if trial_id not in started]:
             del self.trials[trial_id]
         ended = set(self.end_order)
+        # Keras Tuner saves before it pops an ended trial from ``ongoing_trials``, and reload
+        # sends every ongoing trial for retry: an ended trial must never run again.
+        self._retry_queue = [trial_id for trial_id in self._retry_queue if trial_id not in ended]
         for trial_id in self._retry_queue:
             trial = self.trials[trial_id]
             if trial_id not in ended and trial.status != trial_module.TrialStatus.RUNNING:
