@@ -35,13 +35,7 @@ from search_steps import search_processes
 from nasflow import tracking
 from nasflow.steps._common import ERROR_FILE_ENV
 
-pytestmark = [
-    pytest.mark.slow,
-    # Seen failing (02:05 UTC, before the retry-queue fix in nasflow.search.state.CrashSafeOracle.reload):
-    # the resumed chief re-ran trial 0, which the synced oracle.json had ended but still listed
-    # as ongoing. The fix is not yet verified by a run of these tests; remove this mark once it is.
-    pytest.mark.xfail(reason="resume re-ran an ended trial (fix unverified)", strict=False),
-]
+pytestmark = pytest.mark.slow
 
 MAX_TRIALS = 4
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -177,6 +171,9 @@ def _pod_env(kube: FakeKubeApi, kubeconfig: Path, name: str, uid: str) -> dict[s
     }
 
 
+# Seen failing (before the retry-queue fix in CrashSafeOracle.reload) by re-running an ended trial;
+# the local twin passes with the fix (02:13 UTC); remove this mark once this one is run too.
+@pytest.mark.xfail(reason="resume re-ran an ended trial; fix verified on the local path only", strict=False)
 def test_a_killed_chief_pod_resumes_in_a_new_pod_and_retires_the_old_workers(
     tmp_path, digits_dir, mlflow_uri
 ):
