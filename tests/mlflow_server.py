@@ -67,7 +67,7 @@ def running_mlflow_server(
     backend_uri: str | None = None,
     *,
     workers: int = 1,
-    startup_timeout_s: float = 90.0,
+    startup_timeout_s: float = 180.0,
     wait: bool = True,
     port: int | None = None,
     host: str = "127.0.0.1",

@@ -53,7 +53,6 @@ def _run(spec: WorkerSpec, role: str, trials_per_process: int) -> int:
             parent=parent,
             work_dir=spec.work_dir,
             overwrite=spec.overwrite if role == "chief" else False,
-            in_process=True,
             trials_this_process=trials_per_process if role == "worker" else 0,
             state_sync=state_sync,
         )

@@ -87,7 +87,7 @@ def choose_best(rows: list[dict[str, Any]], objective=None) -> SearchResult:
         reasons = [row["reason"] for row in rows if row["reason"]]
         hint = f"; last reason: {reasons[-1]}" if reasons else ""
         raise SearchError(f"no trial completed within the constraints ({summary}){hint}")
-    cost_key = _cost_key(objective)
+    cost_key = cost_key_for(objective)
     index = select_trial(rows, objective)
     best = rows[index]
     values = {key: value for key, value in best["values"].items()}
@@ -95,7 +95,8 @@ def choose_best(rows: list[dict[str, Any]], objective=None) -> SearchResult:
     return SearchResult(best["trial_id"], values, best, rows, front)
 
 
-def _cost_key(objective) -> str:
+def cost_key_for(objective) -> str:
+    """The trial-row key of the objective's cost metric (latency when the objective names none)."""
     return {"latency_ms": "latency_ms", "size_kb": "size_kb", "params": "params", "flops": "flops"}.get(
         getattr(objective, "cost_metric", "latency_ms"), "latency_ms"
     )

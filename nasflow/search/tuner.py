@@ -103,7 +103,6 @@ def run_search(
     work_dir: str | Path,
     overwrite: bool = True,
     project_name: str = PROJECT_NAME,
-    in_process: bool = True,
     trials_this_process: int = 0,
     state_sync=None,
 ):
@@ -118,7 +117,6 @@ def run_search(
         work_dir: Where Keras Tuner keeps its oracle state and trial checkpoints.
         overwrite: Start afresh (``True``) or resume what ``work_dir`` holds.
         project_name: Keras Tuner project folder name inside ``work_dir``.
-        in_process: Always true here; worker processes are started by ``nasflow.cluster``.
         trials_this_process: Stop after this many trials (a recycled worker); 0: no limit.
         state_sync: Called after every trial's end is saved, to copy the state elsewhere
             (:class:`nasflow.search.state.MlflowStateCopy`); None: the state stays in ``work_dir``.

@@ -231,11 +231,11 @@ def _measure_chosen_and_front(parent, rows, result, space, data, objective):
     """
     from nasflow.search.costs import measure_candidate_costs
     from nasflow.search.objectives import cost_value, pareto_front
-    from nasflow.search.selection import SearchResult, _cost_key
+    from nasflow.search.selection import SearchResult, cost_key_for
     from nasflow.search.trial import cost_metrics
     from nasflow.train import hyperparameters_from_values
 
-    cost_key = _cost_key(objective)
+    cost_key = cost_key_for(objective)
     chosen = rows.index(result.best_row)
     candidates = {chosen, *pareto_front(rows, cost_key), *pareto_front(rows, "flops")}
     for index in sorted(candidates):
@@ -339,7 +339,7 @@ def _html_report(parent, rows, result, objective_config, folder: Path, html_repo
     """Diagrams for the chosen trial, the front and a few more; the HTML report on the parent run."""
     from nasflow.search.architecture import render_trial_diagrams, trials_to_render
     from nasflow.search.report import plot_best_so_far, search_report_html
-    from nasflow.search.selection import _cost_key
+    from nasflow.search.selection import cost_key_for
 
     chosen = rows.index(result.best_row)
     diagrams = render_trial_diagrams(parent.client, rows, trials_to_render(rows, chosen, list(result.pareto_front)))
@@ -355,7 +355,7 @@ def _html_report(parent, rows, result, objective_config, folder: Path, html_repo
         rows,
         chosen=chosen,
         front=list(result.pareto_front),
-        cost_key=_cost_key(objective_config),
+        cost_key=cost_key_for(objective_config),
         pareto_png=pareto_png.read_bytes() if pareto_png.exists() else None,
         best_so_far_png=curve.read_bytes() if curve.exists() else None,
         diagrams=diagrams,
@@ -371,9 +371,9 @@ def _html_report(parent, rows, result, objective_config, folder: Path, html_repo
 def _search_report(rows, result, objective_config, folder: Path) -> str:
     """Markdown for the KFP UI: chosen trial, trial table, Pareto front."""
     from nasflow.search.objectives import pareto_markdown, plot_pareto
-    from nasflow.search.selection import _cost_key
+    from nasflow.search.selection import cost_key_for
 
-    cost_key = _cost_key(objective_config)
+    cost_key = cost_key_for(objective_config)
     chosen = rows.index(result.best_row)
     lines = [
         "# Architecture search",
