@@ -80,10 +80,11 @@ def test_two_recycled_workers_share_one_search_and_survive_a_killed_worker(tmp_p
     # The chief wrote its oracle and exited when the workers were done.
     assert (state / "search" / "oracle.json").exists()
     assert "Traceback" not in (state / "logs" / "chief.log").read_text()
-    # One trial per process: 4 trials took at least 4 worker starts, spread over both slots,
-    # plus the start of each slot that found the oracle stopped.
+    # One trial per process: the 4 trials and the re-run of the killed one took at least 5 worker
+    # starts, and both slots were recycled. (A slot's last start, which only finds the oracle
+    # stopped, races the chief's exit, so it is not counted on.)
     starts = {slot: (state / "logs" / f"{slot}.log").read_text().count("nasflow-worker-start") for slot in ("tuner0", "tuner1")}
-    assert sum(starts.values()) >= 4 + 2 + 1 and min(starts.values()) >= 2, starts
+    assert sum(starts.values()) >= 4 + 1 and min(starts.values()) >= 2, starts
     # The killed worker's slot was started again and got the same trial back from the chief;
     # the interrupted run is closed KILLED and the re-run says which run it resumes.
     (killed_run,) = killed
