@@ -101,6 +101,15 @@ def trial_values(oracle) -> list[dict]:
     return [dict(oracle.trials[trial_id].hyperparameters.values) for trial_id in sorted(oracle.trials)]
 
 
+def assert_valid_distinct_proposals(values: list[dict], count: int) -> None:
+    """``count`` proposals, each holding exactly its active hyperparameters, all in the space, none twice."""
+    assert len(values) == count
+    for trial in values:
+        assert set(trial) == expected_active(trial), trial
+        assert all(value_in_space(name, value) for name, value in trial.items()), trial
+    assert len({value_hash(v) for v in values}) == count
+
+
 def value_hash(values: dict) -> str:
     return repr(sorted(values.items()))
 
@@ -116,11 +125,7 @@ def test_values_stay_in_space_and_respect_conditions(kind, tmp_path):
     oracle = oracle or make_oracle(kind, max_trials=30, seed=3)
     run_search(oracle, tmp_path)
     values = trial_values(oracle)
-    assert len(values) == 30
-    for trial in values:
-        assert set(trial) == expected_active(trial), trial
-        assert all(value_in_space(name, value) for name, value in trial.items()), trial
-    assert len({value_hash(v) for v in values}) == 30
+    assert_valid_distinct_proposals(values, 30)
 
 
 @pytest.mark.parametrize("kind", KINDS)

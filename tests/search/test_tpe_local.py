@@ -21,7 +21,10 @@ TESTS = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 
 from test_optuna_strategies import journal_study, search, told_once, trial_values  # noqa: E402
-from test_oracles import expected_active, synthetic_score, value_hash, value_in_space  # noqa: E402
+from test_oracles import (  # noqa: E402
+    assert_valid_distinct_proposals,
+    synthetic_score,
+)
 
 from nasflow.search.strategies.tpe_local import warmup_for_budget  # noqa: E402
 
@@ -43,11 +46,7 @@ def is_one_change_neighbour(values: dict, of: dict) -> bool:
 def test_active_in_range_never_repeated_told_once_and_local_after_the_warm_up(tmp_path):
     oracle = search(KIND, tmp_path, max_trials=30, seed=8)
     values = trial_values(oracle)
-    assert len(values) == 30
-    for trial in values:
-        assert set(trial) == expected_active(trial), trial
-        assert all(value_in_space(name, value) for name, value in trial.items()), trial
-    assert len({value_hash(v) for v in values}) == 30
+    assert_valid_distinct_proposals(values, 30)
     assert told_once(journal_study(tmp_path)) == {trial_id: 1 for trial_id in oracle.trials}
     warmup, _ = warmup_for_budget(30)
     # After the warm-up most trials are one-change neighbours of earlier trials...
