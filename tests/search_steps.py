@@ -50,3 +50,20 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def assert_killed_trial_was_rerun(trials: list, finished: list, killed: list[str], tuner_id: str) -> None:
+    """The one killed trial run is closed KILLED and re-run, linked to it, by the same worker slot.
+
+    Args:
+        trials: Every trial run of the search (MLflow ``Run`` objects).
+        finished: The trial runs that ended FINISHED or FAILED.
+        killed: The MLflow run ids of the trial runs the test killed (exactly one).
+        tuner_id: The worker slot (``nasflow.tuner_id``) whose process or container was killed.
+    """
+    (killed_run,) = killed
+    (stale,) = [run for run in trials if run.info.run_id == killed_run]
+    assert stale.info.status == "KILLED"
+    (rerun,) = [run for run in finished if run.data.tags.get("nasflow.resumed_from_run") == killed_run]
+    assert rerun.data.tags["nasflow.trial_id"] == stale.data.tags["nasflow.trial_id"]
+    assert rerun.data.tags["nasflow.tuner_id"] == tuner_id

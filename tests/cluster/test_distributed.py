@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from mlflow_stores import fresh_sqlite_uri
-from search_steps import tiny_search_step
+from search_steps import assert_killed_trial_was_rerun, tiny_search_step
 
 from nasflow import tracking
 
@@ -87,12 +87,7 @@ def test_two_recycled_workers_share_one_search_and_survive_a_killed_worker(tmp_p
     assert sum(starts.values()) >= 4 + 1 and min(starts.values()) >= 2, starts
     # The killed worker's slot was started again and got the same trial back from the chief;
     # the interrupted run is closed KILLED and the re-run says which run it resumes.
-    (killed_run,) = killed
-    (stale,) = [run for run in trials if run.info.run_id == killed_run]
-    assert stale.info.status == "KILLED"
-    (rerun,) = [run for run in finished if run.data.tags.get("nasflow.resumed_from_run") == killed_run]
-    assert rerun.data.tags["nasflow.trial_id"] == stale.data.tags["nasflow.trial_id"]
-    assert rerun.data.tags["nasflow.tuner_id"] == "tuner1"
+    assert_killed_trial_was_rerun(trials, finished, killed, "tuner1")
 
 
 def test_a_worker_whose_chief_is_gone_exits_instead_of_waiting_an_hour(tmp_path, digits_dir):

@@ -21,6 +21,7 @@ from fake_kube_api import FakeKubeApi
 from mlflow_server import running_mlflow_server
 from podman_kubelet import PodmanKubelet
 from podman_support import LABEL, RUN_ID, logs, podman, run_container, wait_exit
+from search_steps import assert_killed_trial_was_rerun
 
 from nasflow import tracking
 from nasflow.config import CLUSTER_CREDENTIALS_SECRET
@@ -131,10 +132,5 @@ def test_chief_and_two_worker_containers_share_one_search(tmp_path: Path, cpu_im
         assert f"nasflow-worker-bootstrap from=http://{chief_ip}:" in text, text[-2000:]
 
     # The killed container's pod was replaced under the same tuner id and re-ran its trial.
-    (killed_run,) = killed
-    (stale,) = [run for run in trials if run.info.run_id == killed_run]
-    assert stale.info.status == "KILLED"
-    (rerun,) = [run for run in finished if run.data.tags.get("nasflow.resumed_from_run") == killed_run]
-    assert rerun.data.tags["nasflow.trial_id"] == stale.data.tags["nasflow.trial_id"]
-    assert rerun.data.tags["nasflow.tuner_id"] == "tuner1"
+    assert_killed_trial_was_rerun(trials, finished, killed, "tuner1")
     assert len([pod for pod in kubelet.pods if pod.index == 1]) >= 2, "the Job replaced the killed pod"
