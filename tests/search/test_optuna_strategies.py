@@ -250,11 +250,28 @@ def test_gp_without_pytorch_is_one_clear_error():
 
 
 DISTRIBUTED_SCRIPT = """
-import json, sys
+import json, pathlib, sys, time
 sys.path.insert(0, {tests!r})
 from test_optuna_strategies import SyntheticTuner, make_oracle, settings
 directory, out = sys.argv[1], sys.argv[2]
-tuner = SyntheticTuner(oracle=make_oracle("tpe", settings(10, seed=21)), directory=directory, project_name="p")
+meeting = pathlib.Path(directory).parent
+
+
+class RendezvousTuner(SyntheticTuner):
+    # Each worker holds its first trial until the other has one. Keras Tuner's chief exits once
+    # no tuner it knows is busy, so a worker still importing TensorFlow when the other had run
+    # all ten instant trials met a closed socket (CI, 2 loaded cores).
+    def run_trial(self, trial, *args, **kwargs):
+        started = meeting / ("started-" + self.tuner_id)
+        if not started.exists():
+            started.touch()
+            deadline = time.monotonic() + 300
+            while len(list(meeting.glob("started-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return super().run_trial(trial, *args, **kwargs)
+
+
+tuner = RendezvousTuner(oracle=make_oracle("tpe", settings(10, seed=21)), directory=directory, project_name="p")
 tuner.search(verbose=0)
 if hasattr(tuner.oracle, "trials"):  # the chief
     trials = tuner.oracle.trials.values()
@@ -287,6 +304,7 @@ def test_tpe_chief_and_two_workers(tmp_path):
                 process.kill()
     for process, error in zip(processes, errors, strict=True):
         assert process.returncode == 0, error.decode()[-2000:]
+    assert sorted(path.name for path in tmp_path.glob("started-*")) == ["started-tuner0", "started-tuner1"]
     values = json.loads(out.read_text())
     assert len(values) == 10
     assert len({value_hash(v) for v in values}) == 10
