@@ -44,9 +44,13 @@ def search_step(
 ) -> dict[str, float]:
     """Run the architecture search and write the best hyperparameters, trial table and report.
 
+    In order: the space and settings are checked against the data (before any trial), the
+    parent run gets the warm-start priors and the inputs, the search runs (resuming what an
+    earlier attempt left), and the chosen trial is written out with its reports.
     ``html_report_path`` receives the interactive HTML report (also logged on the parent run
-    as ``search/report.html``). ``worker_image`` is the image of the worker pods of a search on Kubernetes (the compiled
-    pipeline passes its own image); empty: :func:`nasflow.config.image_reference`.
+    as ``search/report.html``). ``worker_image`` is the image of the worker pods of a search
+    on Kubernetes (the compiled pipeline passes its own image); empty:
+    :func:`nasflow.config.image_reference`.
 
     Returns:
         Scalar metrics for the KFP ``Metrics`` artifact.
@@ -54,8 +58,6 @@ def search_step(
     from nasflow.data import load_prepared
     from nasflow.search.costs import costs_to_measure
     from nasflow.search.objectives import ObjectiveConfig
-    from nasflow.search.records import collect_trials
-    from nasflow.search.selection import choose_best, summarize_rows
     from nasflow.search.settings import SearchSettings
 
     data = load_prepared(dataset_dir)
@@ -77,29 +79,15 @@ def search_step(
     settings = _warm_start(parent, settings, warm_start, data, space, objective_config)
     _log_search_inputs(parent, settings, space, space_path, objective_config, data.metadata.name)
     _run_resumable_search(
-        parent,
-        data,
-        dataset_dir,
-        space,
-        space_path,
-        settings,
-        objective_config,
-        state_dir=state_dir,
-        default_state_dir=Path(best_hyperparameters_path).parent / "tuner",
+        parent, data, dataset_dir, space, space_path, settings, objective_config,
+        state_dir=state_dir, default_state_dir=Path(best_hyperparameters_path).parent / "tuner",
         worker_image=worker_image,
     )
-
-    rows = collect_trials(parent)
-    result = choose_best(rows, objective_config)
-    if settings.measure_costs == "auto":
-        result = _measure_chosen_and_front(parent, rows, result, space, data, objective_config)
-    _write_choice(parent, rows, result, space, space_path, objective_config, trial_table_path, best_hyperparameters_path)
-    pareto_dir = Path(trial_table_path).parent / "pareto"
-    _write_reports(parent, rows, result, objective_config, pareto_dir, report_path, html_report_path)
-    metrics = summarize_rows(rows)
-    metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
-    parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
-    return metrics
+    return _choose_and_report(
+        parent, data, space, space_path, settings, objective_config,
+        best_hyperparameters_path=best_hyperparameters_path, trial_table_path=trial_table_path,
+        report_path=report_path, html_report_path=html_report_path,
+    )
 
 
 def _space_for(data, search_space: str):
@@ -166,6 +154,43 @@ def _run_resumable_search(
                 data, space, settings, objective_config, parent=parent, work_dir=work_dir, overwrite=not resume,
                 state_sync=state.sync,
             )
+
+
+def _choose_and_report(
+    parent,
+    data,
+    space,
+    space_path,
+    settings,
+    objective_config,
+    *,
+    best_hyperparameters_path: str,
+    trial_table_path: str,
+    report_path: str,
+    html_report_path: str,
+) -> dict[str, float]:
+    """Choose the trial to train, write the choice and the reports, log the search's metrics.
+
+    The choice reads the trial runs on the parent run, not the tuner's memory, so a resumed
+    or distributed search chooses among every trial that any attempt or worker finished.
+
+    Returns:
+        Scalar metrics for the KFP ``Metrics`` artifact.
+    """
+    from nasflow.search.records import collect_trials
+    from nasflow.search.selection import choose_best, summarize_rows
+
+    rows = collect_trials(parent)
+    result = choose_best(rows, objective_config)
+    if settings.measure_costs == "auto":
+        result = _measure_chosen_and_front(parent, rows, result, space, data, objective_config)
+    _write_choice(parent, rows, result, space, space_path, objective_config, trial_table_path, best_hyperparameters_path)
+    pareto_dir = Path(trial_table_path).parent / "pareto"
+    _write_reports(parent, rows, result, objective_config, pareto_dir, report_path, html_report_path)
+    metrics = summarize_rows(rows)
+    metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
+    parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
+    return metrics
 
 
 def _write_choice(
