@@ -294,8 +294,8 @@ def compress_model(
         CompressionError: For an unknown variant or preference (before any work), or a
             variant that cannot be produced.
     """
-    names = list(dict.fromkeys(variants))
-    plans = {name: parse_variant(name) for name in names}
+    # Every name is checked before any work, so a typo costs no training.
+    plans = {name: parse_variant(name) for name in dict.fromkeys(variants)}
     check_preference(prefer)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -307,32 +307,51 @@ def compress_model(
         "distill_epochs": distill_epochs if distill_epochs is not None else 3 * fine_tune_epochs,
         "seed": seed,
     }
-    baseline = measure_tflite("float32", "baseline", convert_keras_model(model, "float32"), model, data, output_dir)
-    total = 1 + len(names)
+    baseline, results, skipped = _measure_variants(plans, model, data, settings, output_dir, on_variant)
+    selected, reason = select_variant(baseline, results, max_accuracy_drop, prefer)
+    report = CompressionReport(baseline=baseline, variants=results, selected=selected, reason=reason, skipped=skipped)
+    _write_report(report, output_dir)
+    return report
+
+
+def _measure_variants(
+    plans: dict[str, tuple[str | None, str]],
+    model,
+    data,
+    settings: dict,
+    output_dir: Path,
+    on_variant: Callable[[int, int, str, VariantResult | None, str], None] | None,
+) -> tuple[VariantResult, list[VariantResult], dict[str, str]]:
+    """Measure the float32 baseline, then produce and measure each planned variant in turn.
+
+    A variant whose technique does not apply to this architecture is skipped with its
+    reason instead of failing the others.
+
+    Returns:
+        The baseline, the measured variants in plan order and the skipped ones with reasons.
+    """
+    total = 1 + len(plans)
+    results: list[VariantResult] = []
+    skipped: dict[str, str] = {}
 
     def report_progress(name: str, result: VariantResult | None, reason: str = "") -> None:
         if on_variant is not None:
             on_variant(1 + len(results) + len(skipped), total, name, result, reason)
 
-    results: list = []
-    skipped: dict[str, str] = {}
+    baseline = measure_tflite("float32", "baseline", convert_keras_model(model, "float32"), model, data, output_dir)
     report_progress("float32", baseline)
     derived: dict[str, tuple[object, dict] | CompressionError] = {}
-    for name in names:
+    for name, plan in plans.items():
         try:
-            content, source, details = _variant_tflite(plans[name], model, data, settings, derived)
+            content, source, details = _variant_tflite(plan, model, data, settings, derived)
         except CompressionError as error:
-            # One technique not applying to this architecture must not cost the others.
             logger.warning("variant %s skipped: %s", name, error)
             skipped[name] = str(error)
             report_progress(name, None, str(error))
             continue
         results.append(measure_tflite(name, technique_of(name), content, source, data, output_dir, details))
         report_progress(name, results[-1])
-    selected, reason = select_variant(baseline, results, max_accuracy_drop, prefer)
-    report = CompressionReport(baseline=baseline, variants=results, selected=selected, reason=reason, skipped=skipped)
-    _write_report(report, output_dir)
-    return report
+    return baseline, results, skipped
 
 
 def _variant_tflite(
