@@ -156,17 +156,16 @@ def _image_size(input_shape: Sequence[int]) -> tuple[int, int]:
     return int(input_shape[0]), int(input_shape[1])
 
 
-def _pool_head(x: keras.KerasTensor, pooling: str) -> keras.KerasTensor:
+def _image_head(x: keras.KerasTensor, values: Values, num_classes: int) -> keras.KerasTensor:
+    """The end both image families share: the chosen pooling, an optional dense layer and dropout, softmax."""
+    pooling = str(values["pooling"])
     if pooling == "global_avg":
-        return layers.GlobalAveragePooling2D()(x)
-    if pooling == "global_max":
-        return layers.GlobalMaxPooling2D()(x)
-    return layers.Flatten()(x)
-
-
-def _classifier(
-    x: keras.KerasTensor, dense_units: int, dropout: float, num_classes: int
-) -> keras.KerasTensor:
+        x = layers.GlobalAveragePooling2D()(x)
+    elif pooling == "global_max":
+        x = layers.GlobalMaxPooling2D()(x)
+    else:
+        x = layers.Flatten()(x)
+    dense_units, dropout = int(values["dense_units"]), float(values["dropout"])  # type: ignore[arg-type]
     if dense_units > 0:
         x = layers.Dense(dense_units, activation="relu")(x)
     if dropout > 0:
@@ -180,11 +179,13 @@ def _short_float(value: object) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def _head_text(values: Values) -> str:
+def _image_head_text(values: Values) -> str:
+    """:func:`_image_head` and the learning rate in a run name, e.g. ``gap | dense64 drop0.2 | lr 1.0e-3``."""
+    pooling = _POOLING_SHORT.get(str(values["pooling"]), str(values["pooling"]))
     dense = int(values.get("dense_units", 0))  # type: ignore[arg-type]
     dropout = float(values.get("dropout", 0.0))  # type: ignore[arg-type]
     parts = ([f"dense{dense}"] if dense else []) + ([f"drop{dropout:g}"] if dropout else [])
-    return " ".join(parts) or "linear"
+    return f"{pooling} | {' '.join(parts) or 'linear'} | lr {_short_float(values['learning_rate'])}"
 
 
 # --- cnn -------------------------------------------------------------------------------
@@ -218,9 +219,7 @@ def _build_cnn(values: Values, input_shape: Sequence[int], num_classes: int) -> 
             x = _batch_norm()(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D(2)(x)
-    x = _pool_head(x, str(values["pooling"]))
-    outputs = _classifier(x, int(values["dense_units"]), float(values["dropout"]), num_classes)  # type: ignore[arg-type]
-    return keras.Model(inputs, outputs, name="cnn")
+    return keras.Model(inputs, _image_head(x, values, num_classes), name="cnn")
 
 
 def _describe_cnn(values: Values) -> str:
@@ -228,10 +227,7 @@ def _describe_cnn(values: Values) -> str:
     for i in range(int(values["num_blocks"])):  # type: ignore[arg-type]
         batch_norm = "bn" if values.get(f"batch_norm_{i}") else ""
         blocks.append(f"conv{values[f'filters_{i}']}k{values[f'kernel_size_{i}']}{batch_norm}")
-    pooling = _POOLING_SHORT.get(str(values["pooling"]), str(values["pooling"]))
-    return (
-        f"{'-'.join(blocks)} | {pooling} | {_head_text(values)} | lr {_short_float(values['learning_rate'])}"
-    )
+    return f"{'-'.join(blocks)} | {_image_head_text(values)}"
 
 
 CNN = Family(
@@ -388,9 +384,7 @@ def _build_mobile(values: Values, input_shape: Sequence[int], num_classes: int) 
                 squeeze_excite=bool(values[f"squeeze_excite_{i}"]),
                 activation=str(values[f"activation_{i}"]),
             )
-    x = _pool_head(x, str(values["pooling"]))
-    outputs = _classifier(x, int(values["dense_units"]), float(values["dropout"]), num_classes)  # type: ignore[arg-type]
-    return keras.Model(inputs, outputs, name="mobile_cnn")
+    return keras.Model(inputs, _image_head(x, values, num_classes), name="mobile_cnn")
 
 
 def _describe_mobile(values: Values) -> str:
@@ -406,11 +400,7 @@ def _describe_mobile(values: Values) -> str:
         activation = str(values.get(f"activation_{i}", "relu"))
         text += "" if activation == "relu" else activation
         stages.append(text)
-    pooling = _POOLING_SHORT.get(str(values["pooling"]), str(values["pooling"]))
-    return (
-        f"stem{values['stem_filters']} | {'-'.join(stages)} | {pooling} | {_head_text(values)}"
-        f" | lr {_short_float(values['learning_rate'])}"
-    )
+    return f"stem{values['stem_filters']} | {'-'.join(stages)} | {_image_head_text(values)}"
 
 
 MOBILE_CNN = Family(
