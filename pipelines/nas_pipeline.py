@@ -57,41 +57,36 @@ def _cluster_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 def _compress_and_register(
-    trained: dsl.PipelineTask,
-    *,
-    dataset,
-    parent_run_id,
-    tracking_uri,
-    compression_variants,
-    max_accuracy_drop,
-    prefer,
-    seed,
-    model_name,
-    min_improvement,
+    trained: dsl.PipelineTask, parameters: Mapping[str, Any], dataset, parent_run_id
 ) -> dsl.PipelineTask:
     """Wire compress -> register after one training task."""
     compressed = _cluster_settings(
         compress(
-            dataset=dataset,
-            model=trained.outputs["model"],
-            parent_run_id=parent_run_id,
-            tracking_uri=tracking_uri,
-            variants=compression_variants,
-            max_accuracy_drop=max_accuracy_drop,
-            prefer=prefer,
-            seed=seed,
+            **_same_named(
+                compress,
+                parameters,
+                wired=dict(
+                    dataset=dataset,
+                    model=trained.outputs["model"],
+                    parent_run_id=parent_run_id,
+                    variants=parameters["compression_variants"],
+                ),
+            )
         )
     ).set_caching_options(False)
     compressed.set_cpu_request("2").set_memory_request("4G")
     return _cluster_settings(
         register(
-            dataset=dataset,
-            model=trained.outputs["model"],
-            compressed=compressed.outputs["compressed"],
-            parent_run_id=parent_run_id,
-            tracking_uri=tracking_uri,
-            model_name=model_name,
-            min_improvement=min_improvement,
+            **_same_named(
+                register,
+                parameters,
+                wired=dict(
+                    dataset=dataset,
+                    model=trained.outputs["model"],
+                    compressed=compressed.outputs["compressed"],
+                    parent_run_id=parent_run_id,
+                ),
+            )
         )
     ).set_caching_options(False)
 
@@ -188,21 +183,10 @@ def _train_compress_register(
         epochs=parameters["train_epochs"],
         seed=parameters["seed"],
     )
-    after_training = dict(
-        dataset=dataset,
-        parent_run_id=parent_run_id,
-        tracking_uri=parameters["tracking_uri"],
-        compression_variants=parameters["compression_variants"],
-        max_accuracy_drop=parameters["max_accuracy_drop"],
-        prefer=parameters["prefer"],
-        seed=parameters["seed"],
-        model_name=parameters["model_name"],
-        min_improvement=parameters["min_improvement"],
-    )
     with dsl.If(parameters["use_gpu"] == True, name="gpu-training"):  # noqa: E712 - a KFP condition, not a Python test
-        _compress_and_register(_gpu_training_task(train_args), **after_training)
+        _compress_and_register(_gpu_training_task(train_args), parameters, dataset, parent_run_id)
     with dsl.Else(name="cpu-training"):
-        _compress_and_register(_cpu_training_task(train_args), **after_training)
+        _compress_and_register(_cpu_training_task(train_args), parameters, dataset, parent_run_id)
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Neural architecture search with MLflow tracking and registry.")
