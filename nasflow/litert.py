@@ -51,7 +51,7 @@ def convert_keras_model(
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "int8":
         if representative_data is None or len(representative_data) == 0:
-            raise CompressionError("int8 quantization needs representative data from the training split")
+            raise CompressionError("int8 quantization needs training-split inputs for calibration")
         samples = np.asarray(representative_data[:num_representative_samples], dtype=np.float32)
 
         def representative_dataset() -> Iterable[list[np.ndarray]]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from nasflow.errors import CompressionError
-from nasflow.litert import convert_keras_model
+from nasflow.litert import QUANTIZATION_MODES, convert_keras_model
 
-#: Post-training quantization modes offered as compression variants.
-PTQ_MODES = ("dynamic", "float16", "int8")
+#: Post-training quantization modes offered as compression variants: every mode of
+#: :func:`nasflow.litert.convert_keras_model` that quantizes.
+PTQ_MODES = tuple(mode for mode in QUANTIZATION_MODES if mode != "float32")
 
 #: Why no quantization-aware-training variant is produced; recorded in every quantized result.
 QAT_UNAVAILABLE_REASON = (
@@ -59,9 +60,7 @@ def quantize(model, mode: str, x_train: np.ndarray | None = None, *, num_calibra
     """
     if mode not in PTQ_MODES:
         raise CompressionError(f"unknown post-training quantization mode {mode!r}; expected one of {', '.join(PTQ_MODES)}")
-    representative = None
-    if mode == "int8":
-        if x_train is None or len(x_train) == 0:
-            raise CompressionError("int8 quantization needs training-split inputs for calibration")
-        representative = representative_sample(x_train, num_calibration, seed)
+    # Without inputs the converter refuses int8 itself, with the same one line.
+    has_inputs = mode == "int8" and x_train is not None and len(x_train) > 0
+    representative = representative_sample(x_train, num_calibration, seed) if has_inputs else None
     return convert_keras_model(model, mode, representative, num_representative_samples=num_calibration)
