@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from digits_data import digits_splits
+from digits_data import digits_splits, trained_classifier
 
 from nasflow.compression.distillation import distill, logits_model, width_scaled_copy
 from nasflow.errors import CompressionError
@@ -13,20 +13,19 @@ def digits():
 
 
 def _trained_teacher(x, y):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
-    return model
+    def teacher():
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Flatten(),
+                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+
+    return trained_classifier(teacher, x, y)
 
 
 @pytest.fixture(scope="module")

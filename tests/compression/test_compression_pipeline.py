@@ -5,7 +5,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from digits_data import digits_splits
+from digits_data import digits_splits, trained_classifier
 
 from nasflow.compression import REPORT_FILES, VARIANTS, compress_model, parse_variant, technique_of
 from nasflow.errors import CompressionError
@@ -15,21 +15,21 @@ from nasflow.litert import LiteRTModel
 @pytest.fixture(scope="module")
 def trained():
     data = digits_splits(1200, 250)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(data.x_train, data.y_train, epochs=6, batch_size=32, verbose=0)
-    return model, data
+
+    def classifier():
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+
+    return trained_classifier(classifier, data.x_train, data.y_train), data
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from digits_data import digits_splits
+from digits_data import digits_splits, trained_classifier
 
 from nasflow.compression.pruning import (
     MagnitudePruningCallback,
@@ -23,24 +23,24 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained_cnn(digits):
-    keras.utils.set_random_seed(0)
     layers = keras.layers
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            layers.Conv2D(16, 3, padding="same"),
-            layers.BatchNormalization(),
-            layers.Activation("relu"),
-            layers.SeparableConv2D(16, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Flatten(),
-            layers.Dense(64, activation="relu"),
-            layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(digits.x_train, digits.y_train, epochs=6, batch_size=32, verbose=0)
-    return model
+
+    def cnn():
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                layers.Conv2D(16, 3, padding="same"),
+                layers.BatchNormalization(),
+                layers.Activation("relu"),
+                layers.SeparableConv2D(16, 3, padding="same", activation="relu"),
+                layers.MaxPooling2D(),
+                layers.Flatten(),
+                layers.Dense(64, activation="relu"),
+                layers.Dense(10, activation="softmax"),
+            ]
+        )
+
+    return trained_classifier(cnn, digits.x_train, digits.y_train)
 
 
 @pytest.mark.parametrize(

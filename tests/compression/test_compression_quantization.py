@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from digits_data import digits_splits, trained_classifier
 
 from nasflow.compression.quantization import QAT_UNAVAILABLE_REASON, quantize, representative_sample
 from nasflow.errors import CompressionError
@@ -10,25 +10,23 @@ from nasflow.litert import LiteRTModel, convert_keras_model
 
 @pytest.fixture(scope="module")
 def digits_and_model():
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], digits.target[order]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.BatchNormalization(),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x[:1400], y[:1400], epochs=5, batch_size=32, verbose=0)
-    return (x[:1400], x[1400:], y[1400:]), model
+    digits = digits_splits(1400)
+
+    def classifier():
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+                keras.layers.BatchNormalization(),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Flatten(),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+
+    model = trained_classifier(classifier, digits.x_train, digits.y_train, epochs=5)
+    return (digits.x_train, digits.x_test, digits.y_test), model
 
 
 def test_int8_has_int8_io_and_keeps_accuracy(digits_and_model):

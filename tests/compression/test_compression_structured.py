@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from digits_data import digits_splits
+from digits_data import digits_splits, trained_classifier
 
 from nasflow.compression.structured import linear_chain, mask_model, shrink_model, structured_prune
 from nasflow.errors import CompressionError
@@ -49,11 +49,7 @@ def _gap_cnn():
 
 @pytest.fixture(scope="module")
 def trained_mixed(digits):
-    keras.utils.set_random_seed(0)
-    model = _mixed_cnn()
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(digits.x_train, digits.y_train, epochs=6, batch_size=32, verbose=0)
-    return model
+    return trained_classifier(_mixed_cnn, digits.x_train, digits.y_train)
 
 
 def test_shrunk_model_is_smaller_and_matches_masked_model(trained_mixed, digits):
