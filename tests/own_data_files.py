@@ -8,7 +8,7 @@ wrote and the label column (``None`` where the kind has none), so a test can giv
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,30 +22,34 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 def wine_csv(folder: Path) -> tuple[Path, str | None]:
     """The wine table with a string label column ``cultivar``."""
-    bunch = load_wine(as_frame=True)
-    frame = bunch.frame.drop(columns=["target"])
-    frame["cultivar"] = [CULTIVARS[target] for target in bunch.target]
-    path = folder / "wines.csv"
-    frame.to_csv(path, index=False)
-    return path, "cultivar"
+    return _table(folder, load_wine(as_frame=True), "wines.csv", "cultivar", label_names=CULTIVARS)
 
 
 def iris_csv(folder: Path) -> tuple[Path, str | None]:
     """The iris table with integer labels in the default column ``label``."""
-    bunch = load_iris(as_frame=True)
-    frame = bunch.frame.rename(columns={"target": "label"})
-    path = folder / "iris.csv"
-    frame.to_csv(path, index=False)
-    return path, "label"
+    return _table(folder, load_iris(as_frame=True), "iris.csv", "label")
 
 
 def cancer_parquet(folder: Path) -> tuple[Path, str | None]:
     """The breast-cancer table as Parquet, labels in ``diagnosis`` (0/1)."""
-    bunch = load_breast_cancer(as_frame=True)
-    frame = bunch.frame.rename(columns={"target": "diagnosis"})
-    path = folder / "cancer.parquet"
-    frame.to_parquet(path, index=False)
-    return path, "diagnosis"
+    return _table(folder, load_breast_cancer(as_frame=True), "cancer.parquet", "diagnosis")
+
+
+def _table(
+    folder: Path, bunch, file_name: str, label_column: str, label_names: Sequence[str] | None = None
+) -> tuple[Path, str]:
+    """A scikit-learn table, its target last as ``label_column`` (as words when ``label_names``).
+
+    Written as Parquet or CSV by the file name's suffix.
+    """
+    frame = bunch.frame.drop(columns=["target"])
+    frame[label_column] = [label_names[target] for target in bunch.target] if label_names else bunch.target
+    path = folder / file_name
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path, label_column
 
 
 def digits_npz(folder: Path) -> tuple[Path, str | None]:
