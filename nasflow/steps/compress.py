@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nasflow import progress, tracking
 from nasflow.steps._common import user_errors
+
+if TYPE_CHECKING:  # the compression modules import TensorFlow; the step imports them when it runs
+    from nasflow.compression.pipeline import CompressionReport
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,26 @@ def compress_step(
         seed=seed,
         on_variant=_show_variant,
     )
-    for variant in [report.baseline, *report.variants]:
+    _log_variant_runs(parent, report)
+    for file_name in REPORT_FILES:
+        parent.log_artifact(Path(output_dir) / file_name, "compression")
+    parent.set_tags({"nasflow.compression.selected": report.selected, "nasflow.compression.reason": report.reason})
+    return {
+        "selected": report.selected,
+        "reason": report.reason,
+        "markdown": report.to_markdown(),
+        "metrics": _step_metrics(report),
+    }
+
+
+def _log_variant_runs(parent: tracking.RunHandle, report: CompressionReport) -> None:
+    """One child run per model, so each variant is compared with the others in MLflow.
+
+    The baseline and each measured variant get their numbers and their ``.tflite`` file; a
+    skipped variant gets a run marked SKIPPED with its reason, so the run shows what was
+    asked for and not produced.
+    """
+    for variant in report.rows:
         with tracking.child_run(
             parent, f"compress-{variant.name}", tags={tracking.ROLE_TAG: "compression", "nasflow.variant": variant.name}
         ) as run:
@@ -79,11 +101,12 @@ def compress_step(
             parent, f"compress-{name}", tags={tracking.ROLE_TAG: "compression", "nasflow.variant": name}
         ) as run:
             run.set_tags({"nasflow.variant_status": "SKIPPED", "nasflow.skip_reason": reason[:5000]})
-    for file_name in REPORT_FILES:
-        parent.log_artifact(Path(output_dir) / file_name, "compression")
-    parent.set_tags({"nasflow.compression.selected": report.selected, "nasflow.compression.reason": report.reason})
-    selected = next((v for v in [report.baseline, *report.variants] if v.name == report.selected), report.baseline)
-    metrics = {
+
+
+def _step_metrics(report: CompressionReport) -> dict[str, float]:
+    """The baseline's and the selected variant's numbers for the KFP ``Metrics`` artifact."""
+    selected = next((v for v in report.rows if v.name == report.selected), report.baseline)
+    return {
         "baseline_accuracy": report.baseline.accuracy,
         "baseline_size_bytes": float(report.baseline.size_bytes),
         "selected_val_accuracy": selected.val_accuracy,
@@ -91,7 +114,6 @@ def compress_step(
         "selected_size_bytes": float(selected.size_bytes),
         "selected_latency_p50_ms": selected.latency_p50_ms,
     }
-    return {"selected": report.selected, "reason": report.reason, "markdown": report.to_markdown(), "metrics": metrics}
 
 
 def _show_variant(done: int, total: int, name: str, result, reason: str) -> None:
