@@ -129,6 +129,13 @@ def train_final_model(
         raise SearchError("final training diverged: loss became NaN/inf")
     if mixed:
         keras.mixed_precision.set_global_policy("float32")
+    return _test_and_save(model, data, output_dir, history.history, device=device, mixed_precision=mixed)
+
+
+def _test_and_save(
+    model, data, output_dir: Path, history: Mapping[str, list[float]], *, device: str, mixed_precision: bool
+) -> TrainResult:
+    """Evaluate the trained model once on the untouched test split and save it as ``model.keras``."""
     test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
     predictions = np.argmax(model.predict(data.x_test, verbose=0), axis=-1)
     matrix = _confusion_matrix(data.y_test, predictions, int(data.metadata.num_classes))
@@ -140,10 +147,10 @@ def train_final_model(
         test_loss=float(test_loss),
         confusion_matrix=matrix,
         class_names=list(data.metadata.class_names),
-        epochs_run=len(losses),
-        history={key: [float(v) for v in vals] for key, vals in history.history.items()},
+        epochs_run=len(history.get("loss", [])),
+        history={key: [float(v) for v in vals] for key, vals in history.items()},
         device=device,
-        mixed_precision=mixed,
+        mixed_precision=mixed_precision,
         params=int(model.count_params()),
     )
 
