@@ -81,6 +81,23 @@ def tracking_for_workers(tracking_uri: str, num_workers: int) -> Iterator[str]:
         stop(server)
 
 
+def retire_idle_workers(workers: dict[str, subprocess.Popen], grace_s: float = 10) -> None:
+    """After the chief ended the search: let the workers exit, then stop the ones that do not.
+
+    Keras Tuner's chief exits once no trial is running and every worker it knows has been told
+    STOPPED, so a process still alive then holds no trial: it is finishing its exit, or it
+    started too late to ever ask for a trial and would wait for the gone oracle until
+    ``NASFLOW_ORACLE_TIMEOUT_S`` and fail the slot.
+    """
+    deadline = time.monotonic() + grace_s
+    for tuner_id, process in workers.items():
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.info("worker %s had no trial when the search ended; stopping it", tuner_id)
+            stop(process)
+
+
 def run_search_processes(
     spec: WorkerSpec,
     *,
@@ -115,8 +132,11 @@ def run_search_processes(
         while len(done) < num_workers:
             if deadline is not None and time.monotonic() > deadline:
                 raise SearchError(f"the distributed search did not finish within {timeout_s:.0f}s")
-            if chief.poll() is not None and chief.returncode != 0:
-                raise SearchCrashedError(chief_exit(chief, log_dir / "chief.log"))
+            if chief.poll() is not None:
+                if chief.returncode != 0:
+                    raise SearchCrashedError(chief_exit(chief, log_dir / "chief.log"))
+                retire_idle_workers({k: p for k, p in workers.items() if k not in done})
+                break
             for tuner_id, process in list(workers.items()):
                 code = process.poll()
                 if code is None or tuner_id in done:

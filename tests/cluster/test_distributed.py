@@ -90,6 +90,29 @@ def test_two_recycled_workers_share_one_search_and_survive_a_killed_worker(tmp_p
     assert_killed_trial_was_rerun(trials, finished, killed, "tuner1")
 
 
+def test_a_worker_that_arrives_after_the_search_ended_does_not_fail_it(tmp_path, digits_dir, monkeypatch):
+    # tuner1 starts only once the chief has exited: tuner0 ran every trial, and Keras Tuner's
+    # chief ends the search without waiting for a worker it has never heard from. That worker
+    # holds no trial; the search is done and must say so, not retry the slot against a gone
+    # oracle until it gives up (before: "worker tuner1 failed 3 times in a row").
+    late_hook = Path(__file__).resolve().parents[1] / "late_worker"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(late_hook), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("NASFLOW_TEST_LATE_TUNER", "tuner1")
+    monkeypatch.setenv("NASFLOW_ORACLE_TIMEOUT_S", "5")
+    uri = fresh_sqlite_uri(tmp_path)
+    parent_id = tracking.start_parent_run(uri, "nasflow", f"late-{tmp_path.name}")
+    tiny_search_step(tmp_path, digits_dir, uri, parent_id, num_workers=2, max_trials=2)
+    client = tracking.make_client(uri)
+    trials = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], filter_string="tags.`nasflow.role` = 'trial'"
+    )
+    assert sorted(run.info.status for run in trials) == ["FINISHED", "FINISHED"]
+    assert {run.data.tags["nasflow.tuner_id"] for run in trials} == {"tuner0"}
+    assert json.loads((tmp_path / "out" / "best.json").read_text())["trial_id"] in {
+        run.data.tags["nasflow.trial_id"] for run in trials
+    }
+
+
 def test_a_worker_whose_chief_is_gone_exits_instead_of_waiting_an_hour(tmp_path, digits_dir):
     import subprocess
     import sys
