@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class _Pod:
         self.job, self.index = job, index
         self.process: subprocess.Popen
         self.log: Path
+        self.env: dict[str, str] = {}  # the container's environment as the kubelet resolved it
         self.oom_killed = False
         self.finished_at = ""  # RFC 3339, set when the kubelet first sees the process end
 
@@ -86,6 +88,8 @@ class FakeKubelet:
         secrets_data: Secrets by name, ``{name: {key: value}}``.
         oom_kill_indices: Completion indexes whose pods are killed as soon as they start, as the
             kernel's OOM killer would (exit code 137, reason ``OOMKilled``).
+        start_when: Asked with a completion index before its pod starts; while it answers
+            False the pod stays Pending, as on a cluster waiting for a node or for quota.
     """
 
     def __init__(
@@ -94,10 +98,12 @@ class FakeKubelet:
         *,
         secrets_data: dict[str, dict[str, str]] | None = None,
         oom_kill_indices: set[int] | frozenset[int] = frozenset(),
+        start_when: Callable[[int], bool] | None = None,
     ) -> None:
         self.pods_dir = Path(pods_dir)
         self.secrets = secrets_data or {}
         self.oom_kill_indices = set(oom_kill_indices)
+        self.start_when = start_when
         self.pods: list[_Pod] = []
 
     def environment(self, container: dict[str, Any], index: int) -> dict[str, str]:
@@ -132,7 +138,7 @@ class FakeKubelet:
         (pod_dir / "tmp").mkdir(parents=True)
         env = {"PATH": os.environ["PATH"], "HOME": str(pod_dir), "TMPDIR": str(pod_dir / "tmp")}
         env.update(self.environment(container, index))
-        pod.log = pod_dir / "log.txt"
+        pod.log, pod.env = pod_dir / "log.txt", env
         with pod.log.open("w") as out:
             pod.process = subprocess.Popen(
                 command, env=env, cwd=pod_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -246,6 +252,8 @@ class FakeKubeApi:
             for index in range(completions):
                 if index in succeeded or any(p.index == index and p.process.poll() is None for p in pods):
                     continue
+                if kubelet.start_when is not None and not kubelet.start_when(index):
+                    continue  # Pending
                 kubelet.start_pod(job, index)  # first start, or the replacement of a failed pod
         if status != before:
             self._bump(job)

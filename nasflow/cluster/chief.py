@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nasflow.cluster.processes import chief_exit, launch, stop, wait_for_chief_end, wait_for_oracle
-from nasflow.cluster.spec import WorkerSpec
+from nasflow.cluster.spec import ORACLE_TIMEOUT_ENV, WorkerSpec
 from nasflow.errors import ClusterError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ def run_search_on_cluster(
     0. Worker Jobs an earlier attempt of this search left (a KFP retry runs in a new pod) are
        deleted, and waited for, before anything else (:func:`~nasflow.cluster.job.retire_stale_workers`).
     3. The Job is created (or adopted after a restart of this pod's step) and followed; every
-       ``poll_s`` seconds the chief is checked too, and a dead chief stops the workers.
+       ``poll_s`` seconds the chief is checked too: a dead chief stops the workers, and a
+       chief that ended the search deletes the Job, whose pods left, if any, hold no trial.
 
     Args:
         spec: What the chief and workers run.
@@ -132,6 +133,7 @@ def run_search_on_cluster(
             wait_for_workers(
                 manifest["metadata"]["name"], namespace, timeout_s,
                 api_client=api_client, watch_chunk_s=poll_s, abort=chief_failure,
+                finished=lambda: chief.poll() == 0,
             )  # fmt: skip
         wait_for_chief_end(chief, log_dir / "chief.log")
     finally:
@@ -143,9 +145,12 @@ def _worker_pod_env(tracking_uri: str, cpu: str) -> dict[str, str]:
 
     TensorFlow sizes its thread pools by the node's cores, not the pod's CPU limit; on a big
     node a 1-CPU worker would run dozens of threads and be throttled. A whole-CPU limit sets
-    the pools to match; a fractional one (``500m``) leaves TensorFlow's default.
+    the pools to match; a fractional one (``500m``) leaves TensorFlow's default. A
+    ``NASFLOW_ORACLE_TIMEOUT_S`` set on the chief is how long its workers wait for it.
     """
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if os.environ.get(ORACLE_TIMEOUT_ENV):
+        env[ORACLE_TIMEOUT_ENV] = os.environ[ORACLE_TIMEOUT_ENV]
     if cpu.isdigit() and int(cpu) > 0:
         env.update(TF_NUM_INTRAOP_THREADS=cpu, TF_NUM_INTEROP_THREADS="1" if cpu == "1" else "2")
     return env

@@ -503,6 +503,7 @@ def wait_for_workers(
     api_client: Any | None = None,
     watch_chunk_s: int = 60,
     abort: Callable[[], str | None] | None = None,
+    finished: Callable[[], bool] | None = None,
 ) -> None:
     """Block until the worker Job completes; on failure or timeout raise with the reason.
 
@@ -518,6 +519,9 @@ def wait_for_workers(
         watch_chunk_s: Longest single watch request; the watch is renewed until the deadline.
         abort: Asked between watch requests; a non-empty answer (e.g. "the chief oracle
             died") deletes the Job and raises with that reason.
+        finished: Asked between watch requests; True (the chief's oracle ended the search)
+            deletes the Job and returns: a pod still running or pending then holds no trial
+            and could only fail against the gone oracle.
 
     Raises:
         ClusterError: If the Job does not exist, fails (naming the failed pod and its reason),
@@ -545,6 +549,10 @@ def wait_for_workers(
             if reason:
                 batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Background")
                 raise ClusterError(f"stopped worker job {namespace}/{name}: {reason}")
+            if finished is not None and finished():
+                batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Background")
+                logger.info("the search ended; deleted worker job %s/%s and its idle pods", namespace, name)
+                return
             stream = watch.Watch().stream(
                 batch.list_namespaced_job,
                 namespace=namespace,

@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 #: Exit code of a worker that stopped because it reached its trial quota.
 RECYCLE_EXIT_CODE = 75
 
+#: How long a worker waits for its chief to answer one call, in seconds (default 600).
+ORACLE_TIMEOUT_ENV = "NASFLOW_ORACLE_TIMEOUT_S"
+
 
 @dataclass
 class WorkerSpec:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nasflow.cluster.spec import RECYCLE_EXIT_CODE, WorkerSpec
+from nasflow.cluster.spec import ORACLE_TIMEOUT_ENV, RECYCLE_EXIT_CODE, WorkerSpec
 from nasflow.errors import NasflowError
 
 
@@ -92,7 +92,7 @@ ORACLE_GONE_EXIT_CODE = 3
 def _oracle_wait_s() -> float:
     import os
 
-    return float(os.environ.get("NASFLOW_ORACLE_TIMEOUT_S") or 600)
+    return float(os.environ.get(ORACLE_TIMEOUT_ENV) or 600)
 
 
 def _limit_oracle_wait() -> None:

@@ -171,9 +171,6 @@ def _pod_env(kube: FakeKubeApi, kubeconfig: Path, name: str, uid: str) -> dict[s
     }
 
 
-# Seen failing (before the retry-queue fix in CrashSafeOracle.reload) by re-running an ended trial;
-# the local twin passes with the fix (02:13 UTC); remove this mark once this one is run too.
-@pytest.mark.xfail(reason="resume re-ran an ended trial; fix verified on the local path only", strict=False)
 def test_a_killed_chief_pod_resumes_in_a_new_pod_and_retires_the_old_workers(
     tmp_path, digits_dir, mlflow_uri
 ):

@@ -11,9 +11,11 @@ to a real ``mlflow server``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -120,6 +122,38 @@ def test_chief_pod_runs_the_search_over_an_indexed_worker_job(tmp_path, digits_d
 
     # The chief exited by itself once the workers were done; no process is left behind.
     assert "Traceback" not in (tmp_path / "state" / "logs" / "chief.log").read_text()
+    assert search_processes(tmp_path) == []
+
+
+def test_a_worker_pod_pending_until_the_search_ended_does_not_fail_it(tmp_path, digits_dir, mlflow_uri, in_a_pod, monkeypatch):
+    # Pod 1 stays Pending (no node, no quota) while pod 0 runs every trial; Keras Tuner's chief
+    # ends the search without waiting for a worker it never heard from. The search is done: the
+    # chief deletes the Job instead of waiting for a pod that can only fail against a gone oracle
+    # (before: the pod failed, was replaced until the backoff limit, and the Job failed the step).
+    monkeypatch.setenv("NASFLOW_ORACLE_TIMEOUT_S", "5")  # the chief passes it on to its workers
+
+    def oracle_gone() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", oracle_port), timeout=1):
+            return False
+        return True
+
+    kubelet = FakeKubelet(tmp_path / "pods", start_when=lambda index: index != 1 or oracle_gone())
+    kube = FakeKubeApi(kubelet)
+    try:
+        in_a_pod(kube)
+        oracle_port = int(os.environ["KERASTUNER_ORACLE_PORT"])
+        parent_id, metrics = _search(tmp_path, digits_dir, mlflow_uri, max_trials=2)
+    finally:
+        kube.close()
+
+    assert metrics["trials_completed"] == 2
+    client = tracking.make_client(mlflow_uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+    trials = client.search_runs([experiment], "tags.`nasflow.role` = 'trial'", max_results=50)
+    assert sorted(run.info.status for run in trials) == ["FINISHED", "FINISHED"]
+    assert {run.data.tags["nasflow.tuner_id"] for run in trials} == {"tuner0"}
+    assert ("batch", "jobs", "delete") in kube.calls and kube.jobs == {}
+    assert kubelet.pods[0].index == 0 and kubelet.pods[0].env["NASFLOW_ORACLE_TIMEOUT_S"] == "5"
     assert search_processes(tmp_path) == []
 
 
