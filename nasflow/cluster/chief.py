@@ -73,9 +73,7 @@ def run_search_on_cluster(
         launch_workers,
         retire_stale_workers,
         wait_for_workers,
-        worker_job_manifest,
     )
-    from nasflow.config import CLUSTER_CREDENTIALS_SECRET, MLFLOW_CREDENTIAL_KEYS, image_reference
 
     pod_name = os.environ.get("HOSTNAME", "")
     pod_uid = os.environ.get("NASFLOW_POD_UID", "")
@@ -87,7 +85,6 @@ def run_search_on_cluster(
     chief_ip = chief_ip or os.environ.get("NASFLOW_POD_IP") or socket.gethostbyname(socket.gethostname())
     oracle_port = oracle_port or int(os.environ.get("KERASTUNER_ORACLE_PORT") or ORACLE_PORT)
     bootstrap_port = bootstrap_port or int(os.environ.get("NASFLOW_BOOTSTRAP_PORT") or BOOTSTRAP_PORT)
-    worker_cpu = os.environ.get("NASFLOW_WORKER_CPU", "1")
     work_dir = Path(spec.work_dir)
     log_dir = work_dir / "logs"
     spec_path = spec.save(work_dir / "worker_spec.json")
@@ -99,29 +96,11 @@ def run_search_on_cluster(
     try:
         local_address = "127.0.0.1" if bind_host == "0.0.0.0" else bind_host  # noqa: S104
         wait_for_oracle(chief, local_address, oracle_port, log_dir / "chief.log")
-        command = [
-            "python", "-m", "nasflow.cluster.worker", "--spec-url", f"http://{chief_ip}:{bootstrap_port}",
-            "--role", "worker", "--supervise",
-        ]  # fmt: skip
-        if trials_per_process:
-            command += ["--trials-per-process", str(trials_per_process)]
-        manifest = worker_job_manifest(
-            chief_ip=chief_ip,
-            oracle_port=oracle_port,
-            num_workers=num_workers,
-            image=image or image_reference(),
-            owner_pod_name=pod_name,
-            owner_pod_uid=pod_uid,
-            namespace=namespace,
-            command=command,
-            env=_worker_pod_env(spec.tracking_uri, worker_cpu),
-            secret_env={key: (CLUSTER_CREDENTIALS_SECRET, key) for key in MLFLOW_CREDENTIAL_KEYS},
-            cpu=worker_cpu,
-            memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
-            # Never outlive the chief's patience, even if nobody is left to delete the Job.
-            active_deadline_s=int(timeout_s) + 600,
-            search_run_id=spec.parent_run_id,
-        )
+        manifest = _worker_job(
+            spec, chief_ip=chief_ip, oracle_port=oracle_port, bootstrap_port=bootstrap_port,
+            num_workers=num_workers, trials_per_process=trials_per_process, timeout_s=timeout_s,
+            image=image, owner=(pod_name, pod_uid), namespace=namespace,
+        )  # fmt: skip
 
         def chief_failure() -> str | None:
             if chief.poll() not in (None, 0):
@@ -138,6 +117,49 @@ def run_search_on_cluster(
         wait_for_chief_end(chief, log_dir / "chief.log")
     finally:
         stop(chief)
+
+
+def _worker_job(
+    spec: WorkerSpec,
+    *,
+    chief_ip: str,
+    oracle_port: int,
+    bootstrap_port: int,
+    num_workers: int,
+    trials_per_process: int,
+    timeout_s: float,
+    image: str | None,
+    owner: tuple[str, str],
+    namespace: str,
+) -> dict[str, Any]:
+    """The worker Job of this chief: supervised workers that bootstrap from the chief's address."""
+    from nasflow.cluster.job import worker_job_manifest
+    from nasflow.config import CLUSTER_CREDENTIALS_SECRET, MLFLOW_CREDENTIAL_KEYS, image_reference
+
+    command = [
+        "python", "-m", "nasflow.cluster.worker", "--spec-url", f"http://{chief_ip}:{bootstrap_port}",
+        "--role", "worker", "--supervise",
+    ]  # fmt: skip
+    if trials_per_process:
+        command += ["--trials-per-process", str(trials_per_process)]
+    worker_cpu = os.environ.get("NASFLOW_WORKER_CPU", "1")
+    return worker_job_manifest(
+        chief_ip=chief_ip,
+        oracle_port=oracle_port,
+        num_workers=num_workers,
+        image=image or image_reference(),
+        owner_pod_name=owner[0],
+        owner_pod_uid=owner[1],
+        namespace=namespace,
+        command=command,
+        env=_worker_pod_env(spec.tracking_uri, worker_cpu),
+        secret_env={key: (CLUSTER_CREDENTIALS_SECRET, key) for key in MLFLOW_CREDENTIAL_KEYS},
+        cpu=worker_cpu,
+        memory=os.environ.get("NASFLOW_WORKER_MEMORY", "4Gi"),
+        # Never outlive the chief's patience, even if nobody is left to delete the Job.
+        active_deadline_s=int(timeout_s) + 600,
+        search_run_id=spec.parent_run_id,
+    )
 
 
 def _worker_pod_env(tracking_uri: str, cpu: str) -> dict[str, str]:

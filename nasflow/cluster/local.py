@@ -168,5 +168,3 @@ def run_search_processes(
             stop(process)
         stop(chief)
     return processes_per_slot
-
-
