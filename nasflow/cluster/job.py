@@ -406,7 +406,9 @@ def retire_stale_workers(
 
     batch = client.BatchV1Api(_api_client(api_client))
     try:
-        listed = batch.list_namespaced_job(namespace=namespace, label_selector=f"{SEARCH_RUN_LABEL}={search_run_id}")
+        listed = batch.list_namespaced_job(
+            namespace=namespace, label_selector=f"{SEARCH_RUN_LABEL}={search_run_id}"
+        )
         stale = [
             job.metadata.name
             for job in listed.items
@@ -427,7 +429,9 @@ def retire_stale_workers(
             except ApiException as error:
                 if error.status == 404:
                     break
-                raise ClusterError(f"cannot read worker job {namespace}/{name}: HTTP {error.status}") from error
+                raise ClusterError(
+                    f"cannot read worker job {namespace}/{name}: HTTP {error.status}"
+                ) from error
             if time.monotonic() > deadline:
                 raise ClusterError(
                     f"worker job {namespace}/{name} of an earlier attempt was not gone {timeout_s:g} s after its deletion"
@@ -527,20 +531,15 @@ def wait_for_workers(
         ClusterError: If the Job does not exist, fails (naming the failed pod and its reason),
             does not finish within ``timeout_s``, or ``abort`` gives a reason.
     """
-    from kubernetes import client, watch
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     api = _api_client(api_client)
     batch = client.BatchV1Api(api)
     core = client.CoreV1Api(api)
-    selector = f"metadata.name={name}"
     deadline = time.monotonic() + timeout_s
     try:
-        listed = batch.list_namespaced_job(namespace=namespace, field_selector=selector)
-        if not listed.items:
-            raise ClusterError(f"worker job {namespace}/{name} not found")
-        job = listed.items[0]
-        resource_version = listed.metadata.resource_version
+        job, resource_version = _list_job(batch, namespace, name)
         while (outcome := _job_outcome(job)) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -553,27 +552,9 @@ def wait_for_workers(
                 batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Background")
                 logger.info("the search ended; deleted worker job %s/%s and its idle pods", namespace, name)
                 return
-            stream = watch.Watch().stream(
-                batch.list_namespaced_job,
-                namespace=namespace,
-                field_selector=selector,
-                resource_version=resource_version,
-                timeout_seconds=max(1, int(min(remaining, watch_chunk_s))),
+            job, resource_version = _watch_job(
+                batch, namespace, name, job, resource_version, max(1, int(min(remaining, watch_chunk_s)))
             )
-            for event in stream:
-                if event["type"] == "DELETED":
-                    raise ClusterError(f"worker job {namespace}/{name} was deleted while the chief waited")
-                if event["type"] == "ERROR":
-                    # Resource version too old (410): fall back to a fresh list.
-                    listed = batch.list_namespaced_job(namespace=namespace, field_selector=selector)
-                    if not listed.items:
-                        raise ClusterError(f"worker job {namespace}/{name} not found")
-                    job, resource_version = listed.items[0], listed.metadata.resource_version
-                    break
-                job = event["object"]
-                resource_version = job.metadata.resource_version
-                if _job_outcome(job) is not None:
-                    break
         if outcome == "complete":
             logger.info("worker job %s/%s completed", namespace, name)
             return
@@ -585,3 +566,37 @@ def wait_for_workers(
             f"Kubernetes API error on worker job {namespace}/{name}: HTTP {error.status} {_one_line(error.reason)}"
         ) from error
     raise ClusterError(f"worker job {namespace}/{name} did not finish within {timeout_s:g} s; deleted it")
+
+
+def _list_job(batch: Any, namespace: str, name: str) -> tuple[Any, str]:
+    """The Job and the list's resource version, to watch from."""
+    listed = batch.list_namespaced_job(namespace=namespace, field_selector=f"metadata.name={name}")
+    if not listed.items:
+        raise ClusterError(f"worker job {namespace}/{name} not found")
+    return listed.items[0], listed.metadata.resource_version
+
+
+def _watch_job(
+    batch: Any, namespace: str, name: str, job: Any, resource_version: str, timeout_s: int
+) -> tuple[Any, str]:
+    """Watch the Job for up to ``timeout_s`` or until it has an outcome; its latest state and version."""
+    from kubernetes import watch
+
+    stream = watch.Watch().stream(
+        batch.list_namespaced_job,
+        namespace=namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=resource_version,
+        timeout_seconds=timeout_s,
+    )
+    for event in stream:
+        if event["type"] == "DELETED":
+            raise ClusterError(f"worker job {namespace}/{name} was deleted while the chief waited")
+        if event["type"] == "ERROR":
+            # Resource version too old (410): fall back to a fresh list.
+            return _list_job(batch, namespace, name)
+        job = event["object"]
+        resource_version = job.metadata.resource_version
+        if _job_outcome(job) is not None:
+            break
+    return job, resource_version
