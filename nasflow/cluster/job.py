@@ -508,6 +508,7 @@ def wait_for_workers(
     watch_chunk_s: int = 60,
     abort: Callable[[], str | None] | None = None,
     finished: Callable[[], bool] | None = None,
+    finish_grace_s: float = 30,
 ) -> None:
     """Block until the worker Job completes; on failure or timeout raise with the reason.
 
@@ -523,9 +524,12 @@ def wait_for_workers(
         watch_chunk_s: Longest single watch request; the watch is renewed until the deadline.
         abort: Asked between watch requests; a non-empty answer (e.g. "the chief oracle
             died") deletes the Job and raises with that reason.
-        finished: Asked between watch requests; True (the chief's oracle ended the search)
-            deletes the Job and returns: a pod still running or pending then holds no trial
-            and could only fail against the gone oracle.
+        finished: Asked between watch requests; True means the chief's oracle ended the
+            search. The Job then gets ``finish_grace_s`` to complete (its workers were told
+            STOPPED and are exiting); after that it is deleted and the wait returns: a pod
+            still pending or starting holds no trial and could only fail against the gone
+            oracle. A failure once the search has ended is logged, not raised.
+        finish_grace_s: See ``finished``.
 
     Raises:
         ClusterError: If the Job does not exist, fails (naming the failed pod and its reason),
@@ -538,6 +542,7 @@ def wait_for_workers(
     batch = client.BatchV1Api(api)
     core = client.CoreV1Api(api)
     deadline = time.monotonic() + timeout_s
+    ended_at: float | None = None  # when ``finished`` first said the search had ended
     try:
         job, resource_version = _list_job(batch, namespace, name)
         while (outcome := _job_outcome(job)) is None:
@@ -548,15 +553,25 @@ def wait_for_workers(
             if reason:
                 batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Background")
                 raise ClusterError(f"stopped worker job {namespace}/{name}: {reason}")
-            if finished is not None and finished():
-                batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Background")
-                logger.info("the search ended; deleted worker job %s/%s and its idle pods", namespace, name)
-                return
+            if ended_at is None and finished is not None and finished():
+                ended_at = time.monotonic()
+            if ended_at is not None:
+                grace_left = ended_at + finish_grace_s - time.monotonic()
+                if grace_left <= 0:
+                    batch.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Background")
+                    logger.info("the search ended; deleted worker job %s/%s and its idle pods", namespace, name)
+                    return
+                remaining = min(remaining, grace_left)
             job, resource_version = _watch_job(
                 batch, namespace, name, job, resource_version, max(1, int(min(remaining, watch_chunk_s)))
             )
         if outcome == "complete":
             logger.info("worker job %s/%s completed", namespace, name)
+            return
+        if outcome == "failed" and ended_at is not None:
+            # Only a pod that never had a trial can fail once the search has ended.
+            logger.warning("worker job %s/%s failed after the search ended: %s", namespace, name,
+                           _failure_reason(core, job))  # fmt: skip
             return
         if outcome == "failed":
             raise ClusterError(f"worker job {namespace}/{name} failed: {_failure_reason(core, job)}")

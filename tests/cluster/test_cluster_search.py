@@ -130,7 +130,10 @@ def test_a_worker_pod_pending_until_the_search_ended_does_not_fail_it(tmp_path, 
     # ends the search without waiting for a worker it never heard from. The search is done: the
     # chief deletes the Job instead of waiting for a pod that can only fail against a gone oracle
     # (before: the pod failed, was replaced until the backoff limit, and the Job failed the step).
-    monkeypatch.setenv("NASFLOW_ORACLE_TIMEOUT_S", "5")  # the chief passes it on to its workers
+    # The chief passes it on to its workers: long enough that a late pod cannot fail within the
+    # 30 s the chief gives the Job to complete after the search ended, short enough that the old
+    # code failed the step in ~4 minutes instead of hanging.
+    monkeypatch.setenv("NASFLOW_ORACLE_TIMEOUT_S", "60")
 
     def oracle_gone() -> bool:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", oracle_port), timeout=1):
@@ -153,7 +156,7 @@ def test_a_worker_pod_pending_until_the_search_ended_does_not_fail_it(tmp_path, 
     assert sorted(run.info.status for run in trials) == ["FINISHED", "FINISHED"]
     assert {run.data.tags["nasflow.tuner_id"] for run in trials} == {"tuner0"}
     assert ("batch", "jobs", "delete") in kube.calls and kube.jobs == {}
-    assert kubelet.pods[0].index == 0 and kubelet.pods[0].env["NASFLOW_ORACLE_TIMEOUT_S"] == "5"
+    assert kubelet.pods[0].index == 0 and kubelet.pods[0].env["NASFLOW_ORACLE_TIMEOUT_S"] == "60"
     assert search_processes(tmp_path) == []
 
 
