@@ -262,6 +262,9 @@ class MlflowStateCopy:
         uploaded = []
         for path in state_files(self.project_dir, self.commit_file):
             relative = self._relative(path)
+            if path.name == self.commit_file:
+                for trial_id in _trials_of(uploaded):
+                    faults.kill_point("state-copy", trial_id)
             signature = _signature(path)
             known = self._copied.get(relative)
             if known is not None and known[0] == signature:
@@ -279,6 +282,15 @@ class MlflowStateCopy:
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.project_dir).as_posix()
+
+
+def _trials_of(relative_paths: list[str]) -> list[str]:
+    """Trial ids whose ``trial_<id>/trial.json`` is among ``relative_paths``."""
+    return [
+        path.split("/", 1)[0].removeprefix("trial_")
+        for path in relative_paths
+        if path.startswith("trial_") and path.endswith(f"/{TRIAL_FILE}")
+    ]
 
 
 def _signature(path: Path) -> tuple[int, int]:

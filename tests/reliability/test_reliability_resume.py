@@ -24,6 +24,8 @@ import pytest
 from mlflow_stores import fresh_sqlite_uri
 from search_harness import run_attempt, trial_runs
 
+from nasflow import tracking
+from nasflow.search.state import STATE_ARTIFACT_PATH
 from nasflow.search.strategies import STRATEGIES, missing_requirement
 
 pytestmark = pytest.mark.slow
@@ -174,3 +176,27 @@ def test_the_state_copy_uploads_only_what_changed_and_restores_it(uri, tmp_path)
     assert restored == ["oracle.json", "trial_0/trial.json", "trial_1/trial.json", "tuner0.json"]
     assert (fresh / "oracle.json").read_text() == '{"end_order": ["0", "1"]}'
     assert not MlflowStateCopy(tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "other")), fresh).restore()
+
+
+def test_a_kill_inside_the_state_copy_runs_the_uncommitted_trial_again(uri, tmp_path):
+    # SIGKILL while the state is copied to the parent run after trial 1: its COMPLETED trial.json
+    # is uploaded, the oracle.json that commits its end is not. The retry restores that copy,
+    # sees trial 1 uncommitted, closes its finished run KILLED and runs it again.
+    root = tmp_path / "copy"
+    root.mkdir()
+    assert run_attempt(root, uri, "random", MAX_TRIALS, fault="state-copy@1") == -9
+    client = tracking.make_client(uri)
+    parent_id = trial_runs(uri, root)[0].data.tags["mlflow.parentRunId"]
+    copy = Path(client.download_artifacts(parent_id, STATE_ARTIFACT_PATH, str(tmp_path / "copy-after-kill")))
+    assert json.loads((copy / "trial_1" / "trial.json").read_text())["status"] == "COMPLETED"
+    assert json.loads((copy / "oracle.json").read_text())["end_order"] == ["0"], "trial 1's end was not copied"
+
+    assert run_attempt(root, uri, "random", MAX_TRIALS, fault="state-copy@1") == 0
+    runs = trial_runs(uri, root)
+    ended = sorted(run.data.tags["nasflow.trial_id"] for run in runs if run.info.status == "FINISHED")
+    assert ended == [str(n) for n in range(MAX_TRIALS)], "each trial ended exactly once"
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+    killed = {run.data.tags["nasflow.trial_id"]: run.info.run_id for run in runs if run.info.status == "KILLED"}
+    assert list(killed) == ["1"]
+    rerun = next(run for run in runs if run.info.status == "FINISHED" and run.data.tags["nasflow.trial_id"] == "1")
+    assert rerun.data.tags["nasflow.resumed_from_run"] == killed["1"]
