@@ -22,11 +22,15 @@ sys.path.insert(0, str(TESTS))
 
 from test_optuna_strategies import journal_study, search, told_once, trial_values  # noqa: E402
 from test_oracles import (  # noqa: E402
-    assert_valid_distinct_proposals,
+    OBJECTIVE,
+    expected_active,
+    make_space,
     synthetic_score,
+    value_hash,
+    value_in_space,
 )
 
-from nasflow.search.strategies.tpe_local import warmup_for_budget  # noqa: E402
+from nasflow.search.strategies.tpe_local import TpeLocalOracle, warmup_for_budget  # noqa: E402
 
 KIND = "tpe_local"
 
@@ -43,10 +47,17 @@ def is_one_change_neighbour(values: dict, of: dict) -> bool:
     )
 
 
-def test_active_in_range_never_repeated_told_once_and_local_after_the_warm_up(tmp_path):
+def test_active_in_range_repeated_only_to_confirm_told_once_and_local_after_the_warm_up(tmp_path):
     oracle = search(KIND, tmp_path, max_trials=30, seed=8)
     values = trial_values(oracle)
-    assert_valid_distinct_proposals(values, 30)
+    assert len(values) == 30
+    for trial in values:
+        assert set(trial) == expected_active(trial), trial
+        assert all(value_in_space(name, value) for name, value in trial.items()), trial
+    # A configuration runs twice at most (its confirmation), and only as a counted repeat.
+    runs = [value_hash(v) for v in values]
+    assert max(runs.count(run) for run in runs) <= oracle.confirmations == 2
+    assert len(runs) - len(set(runs)) == oracle.repeat_proposals > 0
     assert told_once(journal_study(tmp_path)) == {trial_id: 1 for trial_id in oracle.trials}
     warmup, _ = warmup_for_budget(30)
     # After the warm-up most trials are one-change neighbours of earlier trials...
@@ -90,6 +101,73 @@ def test_state_round_trip_resumes_the_same_search(tmp_path):
     assert trial_values(resumed) == trial_values(straight)
     state = json.loads((tmp_path / "resumed" / "p" / "oracle.json").read_text())
     assert state["tpe_local"]["local_proposals"] == resumed.local_proposals == straight.local_proposals
+    assert state["tpe_local"]["repeat_proposals"] == resumed.repeat_proposals == straight.repeat_proposals
+    assert resumed.repeat_proposals > 0 and state["tpe_local"]["confirmations"] == 2
+
+
+def test_a_state_saved_before_confirmations_resumes_without_repeats(tmp_path):
+    """An oracle.json of the previous version (no confirmation fields) loads as the search it was."""
+    small_warmup_search(tmp_path, max_trials=6)  # the warm-up: no repeats yet
+    state_file = tmp_path / "p" / "oracle.json"
+    state = json.loads(state_file.read_text())
+    for key in ("confirmations", "repeat_proposals"):
+        del state["tpe_local"][key]
+    state_file.write_text(json.dumps(state))
+    resumed = small_warmup_search(tmp_path, max_trials=16, overwrite=False)
+    assert resumed.confirmations == 1 and resumed.repeat_proposals == 0
+    assert len({value_hash(v) for v in trial_values(resumed)}) == 16
+
+
+def drive(oracle, score_of, trials: int) -> list[dict]:
+    """Run ``trials`` trials through Keras Tuner's oracle protocol, scored by ``score_of(values, run)``.
+
+    ``run`` counts the runs of the same values (1 for the first).
+    """
+    from keras_tuner.engine import trial as trial_module
+
+    values, runs = [], {}
+    for _ in range(trials):
+        trial = oracle.create_trial("tuner0")
+        proposed = dict(trial.hyperparameters.values)
+        run = runs[value_hash(proposed)] = runs.get(value_hash(proposed), 0) + 1
+        oracle.update_trial(trial.trial_id, {"score": score_of(proposed, run)})
+        trial.status = trial_module.TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+        values.append(proposed)
+    return values
+
+
+def test_a_lucky_single_draw_is_rerun_before_the_search_centres_on_it(tmp_path):
+    """Noisy scores: the last warm-up trial's first draw is lucky, its rerun exposes it.
+
+    The old strategy took the best single observation as its centre and proposed its
+    neighbours, never a repeat, so this fails on it at the first local proposal.
+    """
+    warmup = 6
+    oracle = TpeLocalOracle(
+        warmup_trials=warmup,
+        startup_trials=warmup,
+        explore_probability=0.0,
+        objective=OBJECTIVE,
+        hyperparameters=make_space(),
+        max_trials=12,
+        seed=5,
+    )
+    oracle._set_project_dir(str(tmp_path), "p")
+    oracle.verbose = 0
+    values = drive(oracle, lambda v, run: synthetic_score(v), warmup - 1)
+    # Lucky by 1.0 (more than any gap in the space) on its first draw, unlucky by as much on its second.
+    values += drive(oracle, lambda v, run: synthetic_score(v) + 1.0, 1)
+    lucky = values[-1]
+    values += drive(oracle, lambda v, run: synthetic_score(v) - (1.0 if v == lucky else 0.0), 3)
+    assert values[warmup] == lucky and oracle.repeat_proposals >= 1
+    # Its mean is now its true score: the centre is the truly best warm-up trial, confirmed first.
+    best = max(values[:warmup], key=synthetic_score)
+    if best != lucky:
+        assert values[warmup + 1] == best
+        assert is_one_change_neighbour(values[warmup + 2], best)
+    else:
+        assert is_one_change_neighbour(values[warmup + 1], lucky)
 
 
 def test_seeded_runs_are_deterministic_and_seeds_differ(tmp_path):
@@ -164,7 +242,8 @@ def test_beats_random_on_nas_bench_201_by_a_margin(strategy, wins):
     assert beats_by_margin(regrets, random_regrets) is wins, (regrets, random_regrets)
 
 
-def test_a_tiny_real_search_climbs_from_the_warm_up(digits, parent, tmp_path):
+def test_a_tiny_real_search_confirms_the_better_warm_up_trial(digits, parent, tmp_path):
+    """Real fits: the third trial reruns the better of the two warm-up trials, as its own run."""
     from nasflow.search.records import collect_trials
     from nasflow.search.settings import SearchSettings
     from nasflow.search.tuner import run_search
@@ -176,16 +255,7 @@ def test_a_tiny_real_search_climbs_from_the_warm_up(digits, parent, tmp_path):
     rows = collect_trials(parent)
     assert [row["status"] for row in rows] == ["COMPLETED"] * 3, rows
     state = json.loads(next(tmp_path.rglob("oracle.json")).read_text())
-    assert warmup_for_budget(3)[0] == 2 and state["tpe_local"]["local_proposals"] == 1
-    # The third trial is a neighbour of the better of the first two.
-    best = max(rows[:2], key=lambda row: row["val_accuracy"])
-    top_level = {hp.name for hp in space_hyperparameters(space) if not hp.conditions}
-    assert len(changed(rows[2]["values"], best["values"]) & top_level) <= 1
-
-
-def space_hyperparameters(space):
-    import keras_tuner
-
-    hp = keras_tuner.HyperParameters()
-    space.declare(hp)
-    return hp.space
+    assert warmup_for_budget(3)[0] == 2 and state["tpe_local"]["repeat_proposals"] == 1
+    best = max(rows[:2], key=lambda row: row["score"])
+    assert rows[2]["values"] == best["values"]
+    assert rows[2]["trial_id"] != best["trial_id"]

@@ -12,7 +12,9 @@ import json
 import logging
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import keras_tuner
 from keras_tuner.engine import hyperparameters as hp_module
@@ -171,6 +173,39 @@ def active_hyperparameters(space, values: Mapping) -> list:
     return active
 
 
+#: A :class:`Saved` default meaning "keep the value the constructor set".
+KEEP = object()
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One oracle attribute kept in the oracle's saved state (``oracle.json``).
+
+    Attributes:
+        key: Its key within the oracle's state section.
+        attribute: The oracle attribute holding it.
+        load: Turns the saved JSON value back into the attribute's value; None for a value
+            written for readers of the file only (derived from other state, not restored).
+        default: What a state without the key (saved by an older version) restores, passed
+            through ``load``; :data:`KEEP` keeps the value the constructor set.
+    """
+
+    key: str
+    attribute: str
+    load: Callable[[Any], Any] | None
+    default: Any = KEEP
+
+
+def as_is(value):
+    """A :class:`Saved` loader for values JSON restores as they were saved."""
+    return value
+
+
+def load_int_map(saved: Mapping) -> dict[str, int]:
+    """A saved ``{name: int}`` mapping (JSON keeps the ints, this keeps the types honest)."""
+    return {key: int(value) for key, value in saved.items()}
+
+
 class SeededOracle(keras_tuner.Oracle):
     """Base of nasflow's oracles: deterministic seeding and cheap-constraint resampling.
 
@@ -193,6 +228,16 @@ class SeededOracle(keras_tuner.Oracle):
         prior_observations: ``(values, score)`` of earlier searches (warm start), best
             first; subclasses decide what they learn from them.
     """
+
+    #: State section -> the attributes saved in it, walked by :meth:`get_state` and
+    #: :meth:`set_state`. A subclass adds its own section:
+    #: ``SAVED_STATE = {**Parent.SAVED_STATE, "name": (Saved(...), ...)}``.
+    SAVED_STATE: ClassVar[dict[str, tuple[Saved, ...]]] = {
+        "nasflow_seeded": (
+            Saved("proposals", "_proposals", int, 0),
+            Saved("constraint_rejections", "constraint_rejections", int, 0),
+        ),
+    }
 
     def __init__(
         self,
@@ -280,17 +325,24 @@ class SeededOracle(keras_tuner.Oracle):
         return {"status": trial_module.TrialStatus.STOPPED, "values": None}
 
     def get_state(self):
-        """Base state plus the proposal counter and rejection count."""
+        """Keras Tuner's state plus every section of :attr:`SAVED_STATE`."""
         state = super().get_state()
-        state["nasflow_seeded"] = {
-            "proposals": self._proposals,
-            "constraint_rejections": self.constraint_rejections,
-        }
+        for section, fields in self.SAVED_STATE.items():
+            state[section] = {field.key: getattr(self, field.attribute) for field in fields}
         return state
 
     def set_state(self, state):
-        """Restore what :meth:`get_state` saved."""
+        """Restore what :meth:`get_state` saved (older states: each field's default)."""
         super().set_state(state)
-        seeded = state.get("nasflow_seeded", {})
-        self._proposals = int(seeded.get("proposals", 0))
-        self.constraint_rejections = int(seeded.get("constraint_rejections", 0))
+        for section, fields in self.SAVED_STATE.items():
+            saved = state.get(section, {})
+            for field in fields:
+                if field.load is None:
+                    continue
+                if field.key in saved:
+                    value = saved[field.key]
+                elif field.default is KEEP:
+                    value = getattr(self, field.attribute)
+                else:
+                    value = field.default
+                setattr(self, field.attribute, field.load(value))

@@ -20,6 +20,7 @@ from keras_tuner.engine import trial as trial_module
 from nasflow.errors import SearchError
 from nasflow.search.strategies import OracleSettings
 from nasflow.search.strategies.base import (
+    Saved,
     SeededOracle,
     active_hyperparameters,
     can_mutate,
@@ -48,6 +49,18 @@ class EvolutionOracle(SeededOracle):
         **oracle_kwargs: The shared oracle settings of :class:`SeededOracle` (search space,
             seed, retries, failure limit, constraint check).
     """
+
+    #: The evolution settings; the population itself derives from ``end_order`` and is
+    #: written for readers of the state file only.
+    SAVED_STATE = {
+        **SeededOracle.SAVED_STATE,
+        "evolution": (
+            Saved("population_size", "population_size", int),
+            Saved("sample_size", "sample_size", int),
+            Saved("crossover_probability", "crossover_probability", float),
+            Saved("population", "population", None),
+        ),
+    }
 
     def __init__(
         self,
@@ -157,25 +170,6 @@ class EvolutionOracle(SeededOracle):
             if self._is_new(child, rejected):
                 return child
         return self._random_new(rng, rejected)
-
-    def get_state(self):
-        """Base state plus the evolution settings (the population derives from ``end_order``)."""
-        state = super().get_state()
-        state["evolution"] = {
-            "population_size": self.population_size,
-            "sample_size": self.sample_size,
-            "crossover_probability": self.crossover_probability,
-            "population": self.population,
-        }
-        return state
-
-    def set_state(self, state):
-        """Restore what :meth:`get_state` saved."""
-        super().set_state(state)
-        evolution = state.get("evolution", {})
-        self.population_size = int(evolution.get("population_size", self.population_size))
-        self.sample_size = int(evolution.get("sample_size", self.sample_size))
-        self.crossover_probability = float(evolution.get("crossover_probability", self.crossover_probability))
 
 
 __all__ = ["EvolutionOracle"]

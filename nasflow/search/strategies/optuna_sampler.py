@@ -52,12 +52,14 @@ from keras_tuner.engine import trial as trial_module
 from nasflow.errors import SearchError
 from nasflow.search.strategies import OracleSettings
 from nasflow.search.strategies.base import (
+    Saved,
     SeededOracle,
     active_hyperparameters,
     can_mutate,
     complete_values,
     hp_key,
     in_space,
+    load_int_map,
     mutate_value,
 )
 
@@ -181,6 +183,15 @@ class OptunaOracle(SeededOracle):
         **oracle_kwargs: The shared settings of :class:`SeededOracle` (space, seed,
             failure limit, constraint check).
     """
+
+    #: The trial-id -> Optuna-number links (the study itself is in its journal).
+    SAVED_STATE = {
+        **SeededOracle.SAVED_STATE,
+        "optuna": (
+            Saved("numbers", "optuna_numbers", load_int_map, {}),
+            Saved("duplicates_replaced", "duplicates_replaced", int, 0),
+        ),
+    }
 
     def __init__(
         self,
@@ -446,18 +457,9 @@ class OptunaOracle(SeededOracle):
         if number is not None:
             self._tell_result(stored, number)
 
-    def get_state(self):
-        """Base state plus the trial-id -> Optuna-number links (the study is in its journal)."""
-        state = super().get_state()
-        state["optuna"] = {"numbers": self.optuna_numbers, "duplicates_replaced": self.duplicates_replaced}
-        return state
-
     def set_state(self, state):
-        """Restore what :meth:`get_state` saved."""
+        """Restore what :meth:`get_state` saved, and reload the study on its next use."""
         super().set_state(state)
-        saved = state.get("optuna", {})
-        self.optuna_numbers = {key: int(number) for key, number in saved.get("numbers", {}).items()}
-        self.duplicates_replaced = int(saved.get("duplicates_replaced", 0))
         self._study = None  # reload from the journal: it may hold more than this state knows
 
 

@@ -20,10 +20,26 @@ from keras_tuner.engine import trial as trial_module
 
 from nasflow.errors import SearchError
 from nasflow.search.strategies import OracleSettings
-from nasflow.search.strategies.base import SeededOracle, active_hyperparameters, discrete_values, hp_key
+from nasflow.search.strategies.base import (
+    Saved,
+    SeededOracle,
+    active_hyperparameters,
+    as_is,
+    discrete_values,
+    hp_key,
+    load_int_map,
+)
 
 #: Normalized advantages are clipped to this magnitude so one outlier cannot saturate a softmax.
 ADVANTAGE_CLIP = 5.0
+
+
+def _load_logits(saved: dict) -> dict[str, list[float]]:
+    return {key: [float(value) for value in values] for key, values in saved.items()}
+
+
+def _load_choices(saved: dict) -> dict[str, dict[str, int]]:
+    return {trial_id: load_int_map(choices) for trial_id, choices in saved.items()}
 
 
 def _softmax(logits: list[float]) -> list[float]:
@@ -52,6 +68,22 @@ class ReinforceOracle(SeededOracle):
         **oracle_kwargs: The shared oracle settings of :class:`SeededOracle` (search space,
             seed, retries, failure limit, constraint check).
     """
+
+    #: The policy, its baseline and reward statistics, and the choices of trials not yet learned from.
+    SAVED_STATE = {
+        **SeededOracle.SAVED_STATE,
+        "reinforce": (
+            Saved("logits", "_logits", _load_logits, {}),
+            Saved("baseline", "_baseline", as_is, None),
+            Saved("reward_variance", "_reward_variance", float, 0.0),
+            Saved("baseline_average", "_baseline_average", float, 0.0),
+            Saved("rewards_seen", "_rewards_seen", int, 0),
+            Saved("choices", "_choices", _load_choices, {}),
+            Saved("updates", "updates", int, 0),
+            Saved("priors_learned", "_priors_learned", bool, False),
+            Saved("learned", "_learned", int),
+        ),
+    }
 
     def __init__(
         self,
@@ -245,40 +277,16 @@ class ReinforceOracle(SeededOracle):
         return result
 
     def get_state(self):
-        """Base state plus logits, baseline, reward variance and pending choices."""
+        """The saved state (:attr:`SAVED_STATE`), after learning from every ended trial."""
         self._learn_from_ended_trials()
-        state = super().get_state()
-        state["reinforce"] = {
-            "logits": self._logits,
-            "baseline": self._baseline,
-            "reward_variance": self._reward_variance,
-            "baseline_average": self._baseline_average,
-            "rewards_seen": self._rewards_seen,
-            "choices": self._choices,
-            "updates": self.updates,
-            "priors_learned": self._priors_learned,
-            "learned": self._learned,
-        }
-        return state
+        return super().get_state()
 
     def set_state(self, state):
         """Restore what :meth:`get_state` saved."""
         super().set_state(state)
-        reinforce = state.get("reinforce", {})
-        self._logits = {
-            key: [float(v) for v in values] for key, values in reinforce.get("logits", {}).items()
-        }
-        self._baseline = reinforce.get("baseline")
-        self._reward_variance = float(reinforce.get("reward_variance", 0.0))
-        self._baseline_average = float(reinforce.get("baseline_average", 0.0))
-        self._rewards_seen = int(reinforce.get("rewards_seen", 0))
-        self._choices = {
-            trial_id: {key: int(index) for key, index in choices.items()}
-            for trial_id, choices in reinforce.get("choices", {}).items()
-        }
-        self.updates = int(reinforce.get("updates", 0))
-        self._priors_learned = bool(reinforce.get("priors_learned", False))
-        self._learned = int(reinforce.get("learned", len(self.end_order)))
+        if "learned" not in state.get("reinforce", {}):
+            # A state from before the count was saved had learned from every ended trial.
+            self._learned = len(self.end_order)
 
 
 def make(settings: OracleSettings) -> ReinforceOracle:

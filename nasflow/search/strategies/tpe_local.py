@@ -36,6 +36,7 @@ from keras_tuner.engine import trial as trial_module
 from nasflow.search.strategies import OracleSettings
 from nasflow.search.strategies.base import (
     MAX_ENUMERATED_VALUES,
+    Saved,
     can_mutate,
     discrete_values,
     in_space,
@@ -55,6 +56,8 @@ GOOD_FRACTION = 0.2
 CONTINUOUS_DRAWS = 4
 #: Best observations whose neighbourhoods are searched before falling back to TPE.
 MAX_EXPANDED = 50
+#: Observations a configuration needs before it may be the centre of the local search.
+CONFIRMATIONS = 2
 
 
 def warmup_for_budget(max_trials: int) -> tuple[int, int]:
@@ -92,22 +95,41 @@ class TpeLocalOracle(OptunaOracle):
         warmup_trials: Trials proposed by TPE before the local search starts.
         startup_trials: Random trials TPE starts with.
         explore_probability: Chance a post-warm-up trial is TPE's proposal instead.
+        confirmations: Observations a configuration needs before its neighbourhood is
+            searched; 1 takes every single (noisy) observation at face value.
         **kwargs: What :class:`OptunaOracle` takes (objective, space, seed, budget,
             constraint check, warm-start observations...), except the sampler factory.
     """
+
+    #: The phase settings and the counts of local and repeated proposals. A state saved
+    #: before confirmations existed resumes the search it was: one observation each.
+    SAVED_STATE = {
+        **OptunaOracle.SAVED_STATE,
+        "tpe_local": (
+            Saved("warmup_trials", "warmup_trials", int),
+            Saved("startup_trials", "startup_trials", int),
+            Saved("explore_probability", "explore_probability", float),
+            Saved("local_proposals", "local_proposals", int, 0),
+            Saved("confirmations", "confirmations", int, 1),
+            Saved("repeat_proposals", "repeat_proposals", int, 0),
+        ),
+    }
 
     def __init__(
         self,
         warmup_trials: int = WARMUP_TRIALS,
         startup_trials: int = STARTUP_TRIALS,
         explore_probability: float = EXPLORE_PROBABILITY,
+        confirmations: int = CONFIRMATIONS,
         **kwargs,
     ):
         super().__init__(_tpe_factory(startup_trials), **kwargs)
         self.warmup_trials = warmup_trials
         self.startup_trials = startup_trials
         self.explore_probability = explore_probability
+        self.confirmations = confirmations
         self.local_proposals = 0
+        self.repeat_proposals = 0
         self._scratch = None
 
     def _observations(self) -> list[tuple[dict, float]]:
@@ -197,32 +219,59 @@ class TpeLocalOracle(OptunaOracle):
 
         return preference
 
-    def _local_candidate(self, rng: random.Random, rejected: set[str]) -> dict | None:
-        """An untried neighbour of the best observation whose neighbourhood is not exhausted.
+    def _ranked_cells(self) -> list[tuple[dict, float, int]]:
+        """Observed configurations best first by mean score: ``(values, mean, observations)``.
 
-        Observations are visited best first; among the untried neighbours of the first
+        Each query of a configuration is one noisy draw, so a configuration is ranked by
+        the mean of its draws, and one still running counts as an observation on its way
+        (parallel workers do not all repeat the same one). Warm-start observations count
+        as confirmed: they cannot be run again when they are no longer in the space.
+        """
+        cells: dict[str, list] = {}
+        for values, score in self._observations():
+            cell = cells.setdefault(self._compute_values_hash(values), [values, [], 0])
+            cell[1].append(score)
+        for values, _ in self.prior_observations:
+            digest = self._compute_values_hash(values)
+            if digest in cells:
+                cells[digest][2] = self.confirmations
+        for trial in self.ongoing_trials.values():
+            digest = self._compute_values_hash(trial.hyperparameters.values)
+            if digest in cells:
+                cells[digest][2] += 1
+        ranked = [
+            (values, sum(scores) / len(scores), len(scores) + extra)
+            for values, scores, extra in cells.values()
+        ]
+        return sorted(ranked, key=lambda cell: cell[1], reverse=True)
+
+    def _local_candidate(self, rng: random.Random, rejected: set[str]) -> tuple[dict, bool] | None:
+        """``(values, is_repeat)``: the next local move, or None when there is none.
+
+        Configurations are visited best first by mean score. The first one observed
+        fewer than ``confirmations`` times is run again (a single lucky draw must not
+        become the centre of the search); else, among the untried neighbours of the first
         one that has any, the one whose changed value the observations favour most
         (:meth:`_value_preference`) is taken, ties broken at random.
         """
-        observed = self._observations()
-        preference = self._value_preference(observed)
-        visited: set[str] = set()
-        for values, _ in sorted(observed, key=lambda pair: pair[1], reverse=True)[:MAX_EXPANDED]:
-            digest = self._compute_values_hash(values)
-            if digest in visited:
-                continue
-            visited.add(digest)
+        preference = self._value_preference(self._observations())
+        for values, _, observations in self._ranked_cells()[:MAX_EXPANDED]:
+            if observations < self.confirmations:
+                return values, True
             untried = [
                 (preference(name, option) + 1e-6 * rng.random(), candidate)
                 for name, option, candidate in self._neighbours(values, rng)
                 if self._is_new(candidate, rejected)
             ]
             if untried:
-                return max(untried, key=lambda pair: pair[0])[1]
+                return max(untried, key=lambda pair: pair[0])[1], False
         return None
 
     def propose(self, trial_id: str, rng: random.Random, rejected: set[str]) -> dict | None:
-        """TPE during the warm-up (and when exploring), else a neighbour of the best observation.
+        """TPE during the warm-up (and when exploring), else a local move around the best.
+
+        A local move is a repeat of the best configuration not yet confirmed, or an
+        untried neighbour of the best confirmed one (:meth:`_local_candidate`).
 
         Args:
             trial_id: The new trial's id.
@@ -235,17 +284,21 @@ class TpeLocalOracle(OptunaOracle):
         if self.multi_objective or self._completed() < self.warmup_trials:
             return super().propose(trial_id, rng, rejected)
         explore = rng.random() < self.explore_probability
-        neighbour = None if explore else self._local_candidate(rng, rejected)
-        if neighbour is None:
+        move = None if explore else self._local_candidate(rng, rejected)
+        if move is None:
             return super().propose(trial_id, rng, rejected)
+        candidate, is_repeat = move
         # Fixed values need no model: a random sampler keeps the ask cheap.
         self.study.sampler = _import_optuna().samplers.RandomSampler(seed=rng.randrange(2**31))
-        optuna_trial, values = self._ask(trial_id, fixed=neighbour)
-        if not self._is_new(values, rejected):
+        optuna_trial, values = self._ask(trial_id, fixed=candidate)
+        if not is_repeat and not self._is_new(values, rejected):
             self._fail(optuna_trial.number, "repeats values already tried")
             return super().propose(trial_id, rng, rejected)
         self._pending = optuna_trial.number
-        self.local_proposals += 1
+        if is_repeat:
+            self.repeat_proposals += 1
+        else:
+            self.local_proposals += 1
         return values
 
     def _completed(self) -> int:
@@ -255,25 +308,9 @@ class TpeLocalOracle(OptunaOracle):
             if self.trials[trial_id].status == trial_module.TrialStatus.COMPLETED
         )
 
-    def get_state(self):
-        """The TPE oracle's state plus the phase settings and the count of local proposals."""
-        state = super().get_state()
-        state["tpe_local"] = {
-            "warmup_trials": self.warmup_trials,
-            "startup_trials": self.startup_trials,
-            "explore_probability": self.explore_probability,
-            "local_proposals": self.local_proposals,
-        }
-        return state
-
     def set_state(self, state):
-        """Restore what :meth:`get_state` saved."""
+        """Restore what :meth:`get_state` saved, and the sampler of the saved warm-up."""
         super().set_state(state)
-        saved = state.get("tpe_local", {})
-        self.warmup_trials = int(saved.get("warmup_trials", self.warmup_trials))
-        self.startup_trials = int(saved.get("startup_trials", self.startup_trials))
-        self.explore_probability = float(saved.get("explore_probability", self.explore_probability))
-        self.local_proposals = int(saved.get("local_proposals", 0))
         self.sampler_factory = _tpe_factory(self.startup_trials)
 
 
@@ -284,6 +321,7 @@ def make(settings: OracleSettings) -> TpeLocalOracle:
         warmup_trials=warmup,
         startup_trials=startup,
         explore_probability=EXPLORE_PROBABILITY,
+        confirmations=CONFIRMATIONS,
         max_trials=settings.max_trials,
         pareto_objectives=settings.pareto_objectives,
         prior_observations=settings.prior_observations,
