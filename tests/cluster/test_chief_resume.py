@@ -32,7 +32,7 @@ from fake_kube_api import NAMESPACE, FakeKubeApi, FakeKubelet
 from mlflow_server import free_port, running_mlflow_server
 from search_steps import search_processes
 
-from nasflow import tracking
+from nasflow import faults, tracking
 from nasflow.steps._common import ERROR_FILE_ENV
 
 pytestmark = pytest.mark.slow
@@ -155,6 +155,40 @@ def test_a_killed_step_with_local_workers_resumes_when_run_again(tmp_path, digit
         for pid in search_processes(tmp_path):
             os.kill(pid, signal.SIGKILL)
     _assert_resumed(client, parent_id, finished_before_kill)
+
+
+@pytest.mark.parametrize("point", ["state-write@1", "state-copy@1"])
+def test_a_chief_killed_inside_its_state_save_resumes_when_run_again(point, tmp_path, digits_dir, mlflow_uri):
+    # The kill matrix of tests/reliability on the chief/worker path: the chief oracle process
+    # SIGKILLs itself (nasflow.faults) half-way through writing oracle.json at trial 1's end,
+    # or while copying the state to the parent run after it (trial.json uploaded, oracle.json
+    # not). The step fails with the chief's exit; run again in a fresh folder, it resumes.
+    client = tracking.make_client(mlflow_uri)
+    parent_id = tracking.start_parent_run(mlflow_uri, f"chief-fault-{tmp_path.name}", "search")
+    env = {faults.FAULT_ENV: point, faults.FAULT_ONCE_ENV: str(tmp_path / "faults-fired")}
+    try:
+        first = _start_step(tmp_path / "attempt1", digits_dir, mlflow_uri, parent_id, env)
+        assert first.wait(timeout=900) != 0
+        assert "chief oracle exited with code -9" in (tmp_path / "attempt1" / "error.txt").read_text()
+        assert _wait_gone(tmp_path / "attempt1") == [], "the first attempt's workers outlived their chief"
+        runs = _trial_runs(client, parent_id)
+        committed: set[str] = set()  # none, if trial 1 was the first trial to end
+        if "search_state/oracle.json" in {item.path for item in client.list_artifacts(parent_id, "search_state")}:
+            copy = client.download_artifacts(parent_id, "search_state/oracle.json", str(tmp_path))
+            committed = set(json.loads(Path(copy).read_text())["end_order"])
+        assert "1" not in committed, "trial 1's end was never committed"
+        finished_before_kill = {
+            run.info.run_id for run in runs
+            if run.info.status == "FINISHED" and run.data.tags["nasflow.trial_id"] in committed
+        }  # fmt: skip
+        retry = _start_step(tmp_path / "attempt2", digits_dir, mlflow_uri, parent_id, env)
+        assert retry.wait(timeout=900) == 0, (tmp_path / "attempt2" / "step.log").read_text()[-3000:]
+    finally:
+        for pid in search_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+    _assert_resumed(client, parent_id, finished_before_kill)
+    killed = {run.data.tags["nasflow.trial_id"] for run in _trial_runs(client, parent_id) if run.info.status == "KILLED"}
+    assert "1" in killed, "trial 1's uncommitted finished run was closed KILLED"
 
 
 def _pod_env(kube: FakeKubeApi, kubeconfig: Path, name: str, uid: str) -> dict[str, str]:
