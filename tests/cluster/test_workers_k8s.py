@@ -224,6 +224,34 @@ def test_timeout_deletes_the_workers(kube):
     assert ("batch", "jobs", "delete") in kube.calls
 
 
+def test_a_search_that_ended_deletes_a_job_still_running_after_the_grace(kube):
+    # The chief ended the search; a pod that never got a trial keeps the Job from completing.
+    manifest = _manifest()
+    name = manifest["metadata"]["name"]
+    job.launch_workers(manifest, api_client=kube.api_client())
+
+    job.wait_for_workers(
+        name, "nasflow", timeout_s=20, api_client=kube.api_client(), watch_chunk_s=1,
+        finished=lambda: True, finish_grace_s=1,
+    )  # fmt: skip
+
+    assert name not in kube.jobs and ("batch", "jobs", "delete") in kube.calls
+
+
+def test_a_job_that_fails_after_the_search_ended_does_not_fail_the_search(kube):
+    manifest = _manifest()
+    name = manifest["metadata"]["name"]
+    job.launch_workers(manifest, api_client=kube.api_client())
+    kube.pods.append({"job": name, "pod": {"metadata": {"name": f"{name}-1-late1"}, "status": {"phase": "Failed"}}})
+    kube.watch_events = [{"type": "MODIFIED", "object": _with_condition(kube.jobs[name], "Failed", "BackoffLimitExceeded")}]
+
+    job.wait_for_workers(name, "nasflow", timeout_s=20, api_client=kube.api_client(), finished=lambda: True)
+
+    with pytest.raises(ClusterError, match="failed"):  # the same Job while the search runs
+        kube.watch_events = [{"type": "MODIFIED", "object": _with_condition(kube.jobs[name], "Failed")}]
+        job.wait_for_workers(name, "nasflow", timeout_s=20, api_client=kube.api_client(), finished=lambda: False)
+
+
 def test_missing_job_is_a_cluster_error(kube):
     with pytest.raises(ClusterError, match="not found"):
         job.wait_for_workers("ghost-workers", "nasflow", timeout_s=5, api_client=kube.api_client())
