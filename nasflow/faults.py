@@ -13,11 +13,15 @@ process creates the marker and sends itself SIGKILL: no ``finally``, no ``atexit
 flush, exactly what an OOM kill or a node loss does. The marker makes the retried
 attempt (same environment) run through.
 
-Points: ``trial`` (key: trial id; the trial's MLflow run has just been opened),
-``state-write`` (key: ``<trial id>``; half of ``oracle.json`` is written at the end of
-that trial, after its ``trial.json``), ``state-copy`` (key: trial id; the copy to the parent
-run after that trial's end has uploaded its ``trial.json``, not yet ``oracle.json``), ``between-trials`` (key: trials ended so far;
-the state is saved and synced), ``train-epoch`` (key: epoch; its backup is saved and synced).
+Points:
+
+- ``trial`` (key: trial id): the trial's MLflow run has just been opened.
+- ``state-write`` (key: trial id): half of ``oracle.json`` is written at the end of that
+  trial, after its ``trial.json``.
+- ``state-copy`` (key: trial id): the copy to the parent run after that trial's end has
+  uploaded its ``trial.json``, not yet ``oracle.json``.
+- ``between-trials`` (key: trials ended so far): the state is saved and synced.
+- ``train-epoch`` (key: epoch): its backup is saved and synced.
 """
 
 from __future__ import annotations
