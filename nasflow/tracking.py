@@ -126,7 +126,44 @@ def make_client(tracking_uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:"):
+        _tune_local_sqlite()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _sqlite_write_ahead_log(dbapi_connection, _record) -> None:
+    """Put a new SQLite connection in WAL mode with ``synchronous=NORMAL``.
+
+    MLflow's SQL store commits every statement group on its own, and SQLite's default
+    (rollback journal, ``synchronous=FULL``) fsyncs each commit: ~14 commits a trial cost
+    0.27 s a trial on this project's disks, a third of a trial's time outside ``fit``
+    (bench/results/cheap_trials.md). In WAL mode a commit is an append to the log, and
+    with ``NORMAL`` it is not fsynced: a killed process (SIGKILL, OOM, a KFP retry)
+    loses nothing it committed; only an OS crash or power cut can lose the last commits,
+    never the database. WAL also lets readers (the MLflow UI, other KFP tasks) read while
+    a trial writes. The mode is kept in the file, so other processes use the log too.
+    """
+    import sqlite3
+
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.OperationalError as error:  # e.g. a file system without shared memory
+        logger.debug("SQLite store left in its journal mode: %s", error)
+    finally:
+        cursor.close()
+
+
+def _tune_local_sqlite() -> None:
+    """Apply :func:`_sqlite_write_ahead_log` to every SQLAlchemy engine of this process (once)."""
+    import sqlalchemy
+    from sqlalchemy import event
+
+    if not event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_write_ahead_log):
+        event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_write_ahead_log)
 
 
 def get_or_create_experiment(client, name: str) -> str:

@@ -11,7 +11,7 @@ experiments get an artifact folder beside their own database
 
 from __future__ import annotations
 
-import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -35,5 +35,12 @@ def fresh_sqlite_uri(folder: Path, name: str = "mlflow.db") -> str:
     target = folder / name
     if target.exists():
         raise FileExistsError(f"{target} exists: a fresh store must not overwrite one")
-    shutil.copyfile(_migrated_template(), target)
+    # SQLite's backup, not a file copy: a store nasflow opened is in WAL mode, and the
+    # template's last commits may still sit in its -wal file (nasflow.tracking.make_client).
+    source, copy = sqlite3.connect(_migrated_template()), sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
     return f"sqlite:///{target}"

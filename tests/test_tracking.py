@@ -195,3 +195,40 @@ def test_log_batch_splits_at_mlflows_limits(tmp_path):
     assert counting.calls == ["log_batch", "log_batch"]  # 100 tags + 900 metrics, then 50 + 600
     assert len(counting.get_metric_history(run.run_id, "m")) == 1500
     assert len([key for key in counting.get_run(run.run_id).data.tags if key.startswith("t")]) == 150
+
+
+def test_a_local_store_commits_to_a_write_ahead_log_and_keeps_it_through_a_kill(tmp_path):
+    """nasflow's connections to a local SQLite store use WAL with synchronous=NORMAL.
+
+    The default (rollback journal, synchronous=FULL) fsyncs every one of MLflow's ~14
+    commits a trial. What a SIGKILLed process committed is still there for the next one.
+    """
+    import sqlite3
+    import subprocess
+    import sys
+
+    uri = fresh_sqlite_uri(tmp_path)
+    client = tracking.make_client(uri)
+    experiment = tracking.get_or_create_experiment(client, "wal")
+    with client._tracking_client.store.engine.connect() as connection:
+        driver = connection.connection.dbapi_connection
+        assert driver.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert driver.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    script = (
+        "import os, signal, sys\n"
+        "from nasflow import tracking\n"
+        "client = tracking.make_client(sys.argv[1])\n"
+        "run = client.create_run(sys.argv[2], run_name='killed-writer')\n"
+        "client.log_metric(run.info.run_id, 'val_accuracy', 0.75)\n"
+        "print(run.info.run_id, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, uri, experiment], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_id = killed.stdout.split()[-1]
+    assert (tmp_path / "mlflow.db-wal").exists(), "the kill left the log for the next opener to recover"
+    # A plain sqlite3 reader (as the MLflow UI's server is) sees the killed writer's commits.
+    reader = sqlite3.connect(tmp_path / "mlflow.db")
+    value = reader.execute("SELECT value FROM metrics WHERE run_uuid = ? AND key = 'val_accuracy'", (run_id,)).fetchone()
+    reader.close()
+    assert value == (0.75,)
