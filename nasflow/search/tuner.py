@@ -207,10 +207,10 @@ def _search_until_stopped(tuner, settings: SearchSettings, trials_this_process: 
     Raises:
         SearchError: Keras Tuner stopped after too many consecutive failed trials.
     """
-    # Every trial starts with clear_session(), whose gc.collect() walks every Python object
-    # of the process: with TensorFlow loaded that is ~1-2 s a trial, most of the time outside
-    # fit (bench/results/cheap_trials.md). Objects alive now (modules, data) are moved out of
-    # the collector's sight for the search, so each collection walks only the trials' objects.
+    # A full collection walks every Python object of the process: with TensorFlow loaded
+    # that was ~1-2 s a trial, most of the time outside fit (bench/results/cheap_trials.md).
+    # Objects alive now (modules, data) are moved out of the collector's sight for the
+    # search, so the interpreter's collections walk only the trials' objects.
     gc.collect()
     gc.freeze()
     try:

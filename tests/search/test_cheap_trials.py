@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from mlflow_stores import fresh_sqlite_uri
 
@@ -57,11 +59,17 @@ def test_none_is_refused_when_the_objective_needs_a_measured_cost(tmp_path):
     ],
     ids=["accuracy", "latency-reward"],
 )
-def test_a_trial_records_the_costs_its_objective_uses(digits, tmp_path, objective, present, absent):
+def test_a_trial_records_the_costs_its_objective_uses(digits, tmp_path, monkeypatch, objective, present, absent):
     uri = fresh_sqlite_uri(tmp_path)
     parent = tracking.open_parent(uri, tracking.start_parent_run(uri, "nasflow", "cheap-trials"))
     settings = SearchSettings("random", max_trials=1, epochs=1, seed=5)
+    full_collections = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: full_collections.append(args) or collect(*args))
     run_search(digits, load_search_space(TINY_SPACE), settings, objective, parent=parent, work_dir=tmp_path / "tuner")
+    # One full collection before the search (then gc.freeze); none per trial: Keras'
+    # clear_session() would walk every object the process has leaked (~0.2 s a trial).
+    assert len(full_collections) == 1, full_collections
     [row] = collect_trials(parent)
     assert row["status"] == "COMPLETED", row
     metrics = parent.client.get_run(row["mlflow_run_id"]).data.metrics
