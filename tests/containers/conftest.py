@@ -24,9 +24,9 @@ def cpu_image() -> str:
 
 @pytest.fixture(scope="session")
 def gpu_image() -> str:
-    """The CUDA image built from docker/Dockerfile.gpu; tier.sh builds it only with NASFLOW_TIER_GPU_IMAGE=1."""
-    if os.environ.get("NASFLOW_TIER_GPU_IMAGE", "0") == "0":
-        pytest.skip("docker/Dockerfile.gpu was not built (NASFLOW_TIER_GPU_IMAGE=1 make test-containers builds it)")
+    """The CUDA image built from docker/Dockerfile.gpu (tier.sh skips it with NASFLOW_TIER_GPU_IMAGE=0)."""
+    if os.environ.get("NASFLOW_TIER_GPU_IMAGE", "1") == "0":
+        pytest.skip("docker/Dockerfile.gpu was not built (NASFLOW_TIER_GPU_IMAGE=0)")
     return _required_env("NASFLOW_TIER_IMAGE_GPU")
 
 

@@ -89,6 +89,18 @@ base_image() {
   rm -rf "$work"
 }
 
+# Free space a cold build of docker/Dockerfile.gpu needs in the image store: the builder's
+# venv layer (7.7 GB), its copy in the final stage and podman's temporary tar of each.
+GPU_BUILD_FREE_GB="${NASFLOW_GPU_BUILD_FREE_GB:-24}"
+
+# Die with one line unless the image store's file system has GB gigabytes free for WHAT: a
+# build that runs out of space fails 15 minutes in, deep in podman's log.
+require_free_gb() {
+  local need="$1" what="$2" free
+  free="$(df --output=avail -B1G "$STORAGE_ROOT" | tail -n 1 | tr -d ' ')"
+  [ "$free" -ge "$need" ] || die "$what needs about $need GB free in $STORAGE_ROOT, and $free GB are free"
+}
+
 # Build DOCKERFILE as TAG exactly as a user's `docker build` would: the file is not changed.
 build_image() {
   local dockerfile="$1" tag="$2" from
