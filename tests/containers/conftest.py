@@ -26,7 +26,8 @@ def cpu_image() -> str:
 def gpu_image() -> str:
     """The CUDA image built from docker/Dockerfile.gpu (tier.sh skips it with NASFLOW_TIER_GPU_IMAGE=0)."""
     if os.environ.get("NASFLOW_TIER_GPU_IMAGE", "1") == "0":
-        pytest.skip("docker/Dockerfile.gpu was not built (NASFLOW_TIER_GPU_IMAGE=0)")
+        reason = os.environ.get("NASFLOW_TIER_GPU_SKIPPED", "NASFLOW_TIER_GPU_IMAGE=0")
+        pytest.skip(f"docker/Dockerfile.gpu was not built ({reason})")
     return _required_env("NASFLOW_TIER_IMAGE_GPU")
 
 
