@@ -174,6 +174,36 @@ def summarize_store(name: str, work: Path) -> dict:
     }  # fmt: skip
 
 
+def overhead_growth(work: Path, window: int = 25) -> dict:
+    """Whether the cost of a trial outside ``fit`` grows over the search (Keras' leak).
+
+    *Cycle − fit* of trial i: from its run's start to the next trial run's start, minus its
+    fit (everything a trial costs, the oracle between trials included). Medians of the first
+    and last ``window`` trials, and the least-squares slope over all, in s per 100 trials.
+    """
+    import numpy as np
+
+    from nasflow import tracking
+    from nasflow.search.records import collect_trials
+
+    client = tracking.make_client(f"sqlite:///{(work / 'mlflow.db').resolve()}")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("cheap-trials").experiment_id],
+        filter_string=f"tags.`{tracking.ROLE_TAG}` = 'pipeline'",
+    )
+    rows = [row for row in collect_trials(tracking.RunHandle(client, parent.info.run_id)) if row["fit_s"] is not None]
+    starts = sorted((client.get_run(row["mlflow_run_id"]).info.start_time / 1000.0, row["fit_s"]) for row in rows)
+    cycles = [starts[i + 1][0] - starts[i][0] - starts[i][1] for i in range(len(starts) - 1)]
+    if len(cycles) < 2 * window:
+        return {}
+    return {
+        "window": window,
+        "first_median_s": float(np.median(cycles[:window])),
+        "last_median_s": float(np.median(cycles[-window:])),
+        "slope_s_per_100_trials": float(np.polyfit(np.arange(len(cycles)), cycles, 1)[0] * 100),
+    }
+
+
 def write_markdown(report: dict, path: Path) -> None:
     s = report["settings"]
     lines = [
@@ -184,8 +214,9 @@ def write_markdown(report: dict, path: Path) -> None:
         f"Command: `{s['command']}`.",
         "",
         "| variant | trials | fit s/trial | outside fit s/trial | **outside fit / search time** | outside fit / "
-        "trial run time | costs each trial records | target | result |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "trial run time | cycle − fit, first → last 25 trials | growth (s per 100 trials) | costs each trial records | "
+        "target | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in report["variants"].values():
         target = entry["target"]
@@ -193,10 +224,12 @@ def write_markdown(report: dict, path: Path) -> None:
         lines.append(
             f"| {entry['label']} | {entry['trials']} | {entry['fit_mean_s']:.2f} | {entry['per_trial_outside_fit_s']:.2f} | "
             f"**{entry['search_fraction_outside_fit']:.1%}** | {entry['in_trial_fraction_outside_fit']:.1%} | "
-            f"{', '.join(['params', 'flops', *entry['costs_recorded']])} | "
+            f"{_growth_cells(entry.get('growth') or {})} | {', '.join(['params', 'flops', *entry['costs_recorded']])} | "
             f"{'—' if target is None else f'<= {target:.0%}'} | {verdict} |"
         )
-    lines += ["", "## Where the time outside `fit` goes (seconds per trial)", ""]
+    lines += ["", "*Cycle − fit*: from a trial run's start to the next one's, minus its fit (the oracle between "
+              "trials included); growth is the least-squares slope of that over the whole search.",
+              "", "## Where the time outside `fit` goes (seconds per trial)", ""]
     labels = sorted({label for entry in report["variants"].values() for label in entry["parts_per_trial_s"]})
     names = list(report["variants"])
     lines += ["| part | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -206,6 +239,13 @@ def write_markdown(report: dict, path: Path) -> None:
     lines += ["", "Parts overlap: `clear_session` includes its `gc.collect`; the oracle's calls include its state writes.",
               "", "## Notes", ""] + [f"- {note}" for note in report["notes"]] + [""]  # fmt: skip
     path.write_text("\n".join(lines))
+
+
+def _growth_cells(growth: dict) -> str:
+    if not growth:
+        return "– | –"
+    return (f"{growth['first_median_s']:.2f} → {growth['last_median_s']:.2f} s | "
+            f"{growth['slope_s_per_100_trials']:+.3f}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.collect:
             done = args.work_dir / name / "result.json"
             results[name] = json.loads(done.read_text()) if done.exists() else summarize_store(name, args.work_dir / name)
+            results[name]["growth"] = overhead_growth(args.work_dir / name)
             continue
         command = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--seed", str(args.seed),
                    "--trials", str(args.trials), "--contrast-trials", str(args.contrast_trials), "--setup", args.setup,
@@ -247,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {name} ...", flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         results[name] = json.loads((args.work_dir / name / "result.json").read_text())
+        results[name]["growth"] = overhead_growth(args.work_dir / name)
         print(json.dumps({k: v for k, v in results[name].items() if k != "parts_per_trial_s"}), flush=True)
     report = {
         "settings": {"trials": args.trials, "contrast_trials": args.contrast_trials, "seed": args.seed, "setup": args.setup,
