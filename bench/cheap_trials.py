@@ -237,7 +237,7 @@ def write_markdown(report: dict, path: Path) -> None:
         cells = [f"{report['variants'][n]['parts_per_trial_s'].get(label, 0.0):.3f}" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Parts overlap: `clear_session` includes its `gc.collect`; the oracle's calls include its state writes.",
-              "", "## Notes", ""] + [f"- {note}" for note in report["notes"]] + [""]  # fmt: skip
+              "", "## Notes", ""] + [f"- {note}" for note in report["notes"] if note] + [""]  # fmt: skip
     path.write_text("\n".join(lines))
 
 
@@ -300,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{n} {r['load_average'][0]:.1f}" for n, r in results.items())
             + "): fit and everything else slow down together, so fractions are steadier than seconds.",
             "The fixed per-trial work (build, MLflow run, oracle state) is a larger share the shorter the fit: "
-            "`--setup digits` (a 1-epoch fit of a tiny space on 8x8 digits, well under a second) is the worst "
-            "case, `--setup reference` (issue 12's setup) what the targets are judged on.",
+            "`--setup digits` (a 1-epoch fit of a tiny space on 8x8 digits, ~1.8 s, most of it tracing the new "
+            "model's train step) is the worst case, `--setup reference` (issue 12's setup) what the targets are "
+            "judged on.",
+            "Written with --collect from the variants' work dirs after `python bench/cheap_trials.py --setup "
+            f"{args.setup} --trials {args.trials}` ran them." if args.collect else "",
         ],
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
