@@ -126,8 +126,7 @@ def make_client(tracking_uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:"):
-        _tune_local_sqlite()
+    tune_local_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -137,7 +136,7 @@ def _sqlite_write_ahead_log(dbapi_connection, _record) -> None:
     MLflow's SQL store commits every statement group on its own, and SQLite's default
     (rollback journal, ``synchronous=FULL``) fsyncs each commit: ~14 commits a trial cost
     0.27 s a trial on this project's disks, a third of a trial's time outside ``fit``
-    (bench/results/cheap_trials.md). In WAL mode a commit is an append to the log, and
+    (bench/results/cheap_trials_digits.md). In WAL mode a commit is an append to the log, and
     with ``NORMAL`` it is not fsynced: a killed process (SIGKILL, OOM, a KFP retry)
     loses nothing it committed; only an OS crash or power cut can lose the last commits,
     never the database. WAL also lets readers (the MLflow UI, other KFP tasks) read while
@@ -157,8 +156,15 @@ def _sqlite_write_ahead_log(dbapi_connection, _record) -> None:
         cursor.close()
 
 
-def _tune_local_sqlite() -> None:
-    """Apply :func:`_sqlite_write_ahead_log` to every SQLAlchemy engine of this process (once)."""
+def tune_local_store(tracking_uri: str) -> None:
+    """Give every SQLite connection this process opens the settings of :func:`_sqlite_write_ahead_log`.
+
+    Only for a ``sqlite:`` URI (other stores are left alone), once per process. Called
+    wherever nasflow points MLflow at a store (:func:`make_client`, the registry's client
+    and fluent API), so every step's connections get the same settings.
+    """
+    if not tracking_uri.startswith("sqlite:"):
+        return
     import sqlalchemy
     from sqlalchemy import event
 

@@ -232,3 +232,27 @@ def test_a_local_store_commits_to_a_write_ahead_log_and_keeps_it_through_a_kill(
     value = reader.execute("SELECT value FROM metrics WHERE run_uuid = ? AND key = 'val_accuracy'", (run_id,)).fetchone()
     reader.close()
     assert value == (0.75,)
+
+
+def test_the_registry_step_opens_a_local_store_with_the_same_settings(tmp_path):
+    """A register/promote process makes its clients in nasflow.registry, never via make_client."""
+    import subprocess
+    import sys
+
+    uri = fresh_sqlite_uri(tmp_path)
+    script = (
+        "import sys\n"
+        "import mlflow\n"
+        "from nasflow.registry._mlflow import client_for, use_tracking_uri\n"
+        "client = client_for(sys.argv[1])\n"
+        "client.search_experiments()\n"
+        "with client._tracking_client.store.engine.connect() as connection:\n"
+        "    print(connection.connection.dbapi_connection.execute('PRAGMA synchronous').fetchone()[0])\n"
+        "with use_tracking_uri(sys.argv[1]):\n"
+        "    store = mlflow.tracking.MlflowClient()._tracking_client.store\n"
+        "    with store.engine.connect() as connection:\n"
+        "        print(connection.connection.dbapi_connection.execute('PRAGMA journal_mode').fetchone()[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, uri], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["1", "wal"]  # synchronous=NORMAL, WAL

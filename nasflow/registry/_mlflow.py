@@ -14,6 +14,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nasflow import tracking
 from nasflow.errors import TrackingError, TrackingUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,13 @@ def is_error_code(error: MlflowException, *codes: str) -> bool:
 
 
 def client_for(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return tracking.make_client(uri)
 
 
 @contextlib.contextmanager
 def use_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at ``uri`` for the block, then restore what was there."""
+    tracking.tune_local_store(uri)
     if uri == mlflow.get_tracking_uri():
         yield  # already there: do not pin the resolved default as an explicit setting
         return

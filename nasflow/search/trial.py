@@ -114,7 +114,7 @@ class TrialContext:
         epochs = int(values.get("tuner/epochs", self.settings.epochs))
         initial_epoch = int(values.get("tuner/initial_epoch", 0))
         # Keras' global state only; its full gc.collect() walked every object the process
-        # had leaked so far (0.2 s a trial and growing, bench/results/cheap_trials.md). The
+        # had leaked so far (0.2 s a trial and growing, bench/results/cheap_trials_digits.md). The
         # interpreter's own generational collections still free the old models' cycles.
         keras.backend.clear_session(free_memory=False)
         keras.utils.set_random_seed(self.settings.seed + _trial_number(trial.trial_id))

@@ -208,7 +208,7 @@ def _search_until_stopped(tuner, settings: SearchSettings, trials_this_process: 
         SearchError: Keras Tuner stopped after too many consecutive failed trials.
     """
     # A full collection walks every Python object of the process: with TensorFlow loaded
-    # that was ~1-2 s a trial, most of the time outside fit (bench/results/cheap_trials.md).
+    # that was ~1-2 s a trial, most of the time outside fit (bench/results/cheap_trials_digits.md).
     # Objects alive now (modules, data) are moved out of the collector's sight for the
     # search, so the interpreter's collections walk only the trials' objects.
     gc.collect()
