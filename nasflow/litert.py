@@ -43,15 +43,18 @@ def convert_keras_model(
 
     if mode not in QUANTIZATION_MODES:
         raise CompressionError(f"unknown quantization mode {mode!r}; expected one of {', '.join(QUANTIZATION_MODES)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode == "int8" and (representative_data is None or len(representative_data) == 0):
+        raise CompressionError("int8 quantization needs training-split inputs for calibration")
+    try:
+        converter = _converter_for(model)
+    except Exception as error:  # tracing runs the model's own code, which may raise anything
+        raise CompressionError(f"TFLite conversion ({mode}) failed: {type(error).__name__}: {error}") from error
     if mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "int8":
-        if representative_data is None or len(representative_data) == 0:
-            raise CompressionError("int8 quantization needs training-split inputs for calibration")
         samples = np.asarray(representative_data[:num_representative_samples], dtype=np.float32)
 
         def representative_dataset() -> Iterable[list[np.ndarray]]:
@@ -67,6 +70,34 @@ def convert_keras_model(
         return converter.convert()
     except Exception as error:  # the converter raises many unrelated types
         raise CompressionError(f"TFLite conversion ({mode}) failed: {type(error).__name__}: {error}") from error
+
+
+def _converter_for(model):
+    """A TFLite converter for the model's inference function, traced once.
+
+    ``TFLiteConverter.from_keras_model`` has Keras export a whole SavedModel first (its
+    export archive traces about 16 functions, writes them to disk and prints "Saved
+    artifact at ..."): about 0.8 s of a 1 s conversion of a small CNN, paid on every
+    trial that measures a size or a latency. Tracing the one serving function, with the
+    model's variables as the trackable object the converter saves, gives the same ops and
+    outputs in a third of the time. Models without symbolic inputs (subclassed models
+    never called on an ``Input``) have no signature to trace and keep the Keras export.
+    """
+    import tensorflow as tf
+
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    specs = [tf.TensorSpec(tensor.shape, tensor.dtype, name=f"input_{i}") for i, tensor in enumerate(inputs)]
+
+    def serve(*tensors):
+        return model(tensors[0] if len(tensors) == 1 else list(tensors), training=False)
+
+    function = tf.function(serve, input_signature=specs).get_concrete_function()
+    variables = tf.Module()
+    # Keras 3 variables wrap tf.Variables; the converter saves what this module tracks.
+    variables.tracked = [variable.value for variable in model.variables]
+    return tf.lite.TFLiteConverter.from_concrete_functions([function], variables)
 
 
 class LiteRTModel:

@@ -210,3 +210,23 @@ def test_cheap_constraint_check_builds_and_counts(units, config, expected):
 
     check = cheap_constraint_check(build, space, config)
     assert check({"units": units}) == expected
+
+
+def test_conversion_traces_the_serving_function_instead_of_exporting_the_keras_model(capfd):
+    """Each trial that measures a size or latency converts its model: no Keras export, same outputs.
+
+    The Keras export route printed "Saved artifact at ..." and its endpoint signatures on
+    every trial (and spent most of the conversion writing them); the traced route must give
+    a flatbuffer with the model's batch-agnostic input and the model's own predictions.
+    """
+    from nasflow.litert import LiteRTModel
+
+    model = mixed_model()
+    capfd.readouterr()
+    flatbuffer = convert_keras_model(model, "float32")
+    printed = capfd.readouterr()
+    assert "Saved artifact" not in printed.out + printed.err
+    interpreter = LiteRTModel(flatbuffer)
+    assert list(interpreter._input["shape_signature"]) == [-1, 8, 8, 1]
+    inputs = np.random.default_rng(3).random((4, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(interpreter.predict(inputs), model.predict(inputs, verbose=0), atol=1e-5)
