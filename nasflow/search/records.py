@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 #: Epoch metrics wait at most this long before they are sent: a trial of a few seconds sends
 #: them once, with its final metrics; a long trial still shows live curves in the MLflow UI.
 EPOCH_FLUSH_S = 30.0
+#: Tag of a trial run: the seed its weights, dropout and shuffling were drawn from (what a
+#: warm-started run needs to evaluate the trial's architecture again the same way).
+TRIAL_SEED_TAG = "nasflow.trial_seed"
 
 
 class TrialRecord:
@@ -256,6 +259,7 @@ def collect_trials(parent: tracking.RunHandle) -> list[dict[str, Any]]:
             "duration_s": metrics.get("duration_s"),
             "fit_s": metrics.get("fit_seconds"),
             "architecture": tags.get("nasflow.architecture", ""),
+            "seed": int(tags[TRIAL_SEED_TAG]) if tags.get(TRIAL_SEED_TAG, "").lstrip("-").isdigit() else None,
             "reason": tags.get(tracking.FAILURE_REASON_TAG) or tags.get("nasflow.infeasible_reason", ""),
             "mlflow_run_id": run.info.run_id,
             "values": {key: _parse_param(value) for key, value in run.data.params.items()},

@@ -12,7 +12,7 @@ from typing import Any
 
 from nasflow import tracking
 from nasflow.errors import InvalidArchitectureError
-from nasflow.search.records import TrialRecord
+from nasflow.search.records import TRIAL_SEED_TAG, TrialRecord
 from nasflow.search.settings import (
     COMPLETED,
     FAILED,
@@ -24,6 +24,7 @@ from nasflow.search.settings import (
     SearchSettings,
 )
 from nasflow.search.strategies import PARETO_COST
+from nasflow.search.warm_start import REEVALUATION_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class TrialContext:
                     "nasflow.strategy": self.settings.strategy,
                     "nasflow.tuner_id": getattr(tuner, "tuner_id", "tuner0"),
                     "nasflow.architecture": architecture,
+                    TRIAL_SEED_TAG: str(initialization_seed(self.settings.seed, trial.trial_id, values)),
                 },
                 params=values,
                 interrupted_runs=self.interrupted_runs,
@@ -117,7 +119,7 @@ class TrialContext:
         # had leaked so far (0.2 s a trial and growing, bench/results/cheap_trials_digits.md). The
         # interpreter's own generational collections still free the old models' cycles.
         keras.backend.clear_session(free_memory=False)
-        keras.utils.set_random_seed(self.settings.seed + _trial_number(trial.trial_id))
+        keras.utils.set_random_seed(initialization_seed(self.settings.seed, trial.trial_id, values))
         try:
             model = self.space.build_model(trial.hyperparameters, self.input_shape, self.num_classes)
         except InvalidArchitectureError as error:
@@ -287,6 +289,20 @@ def _safe_describe(describe, space, values) -> str:
     except Exception as error:  # a description must never fail a trial
         logger.debug("cannot describe architecture: %s", error)
         return ""
+
+
+def initialization_seed(search_seed: int, trial_id: str, values: Mapping[str, Any]) -> int:
+    """The seed of a trial's weights, dropout and shuffling.
+
+    The search seed plus the trial's number, unless the trial evaluates an earlier run's
+    architecture again (warm start): then the seed that trial was trained with, so that on
+    the same data the re-evaluation reproduces its result instead of drawing another
+    initialization (bench/results/warm_start.md: on 1-epoch digits the redraw alone cost up
+    to 25 points).
+    """
+    if REEVALUATION_SEED in values:
+        return int(values[REEVALUATION_SEED])
+    return int(search_seed) + _trial_number(trial_id)
 
 
 def _trial_number(trial_id: str) -> int:

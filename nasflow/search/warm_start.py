@@ -7,9 +7,11 @@ one directly. Their trial runs (params, score) become ``(values, score)`` prior
 observations, best first, handed to the strategy through
 ``OracleSettings.prior_observations`` (the Optuna strategies add them to the study,
 evolution seeds its population with them, REINFORCE updates its policy on them, random
-search ignores them), and the best few are evaluated again first, on this run's data
-split and seed, so the new search starts from the best known architectures and can
-select them.
+search ignores them), and the best few are evaluated again first, so the new search
+starts from the best known architectures and can select them. A re-evaluation draws its
+weights from the seed the earlier trial was trained with: on the same data (what ``auto``
+requires) it reproduces that trial's result, where a fresh initialization would spend the
+trial on measuring initialization noise.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ MAX_EARLIER_RUNS = 5
 MAX_PRIORS = 500
 #: How many of the best priors are evaluated again before the strategy proposes anything.
 REEVALUATE_BEST = 3
+
+#: Key of a re-evaluated trial's values holding the seed of the trial it repeats. It rides
+#: in the values like Keras Tuner's own ``tuner/epochs``, so it reaches a distributed
+#: worker inside the chief's trial; every hash of values (what was tried) leaves it out.
+REEVALUATION_SEED = "tuner/seed"
 
 #: Trial statuses whose score a prior may carry (a PRUNED score is that of fewer epochs:
 #: exactly what the earlier search's strategy learned from, and still a lower bound).
@@ -115,6 +122,9 @@ def find_earlier_runs(parent: tracking.RunHandle, warm_start: str, tags: Mapping
 def prior_observations(parent: tracking.RunHandle, runs: Sequence, objective) -> list[tuple[dict, float]]:
     """``(values, score)`` of the earlier runs' trials, best first, one per distinct values.
 
+    Values carry the best trial's initialization seed under :data:`REEVALUATION_SEED`
+    (trials recorded before seeds were tagged have none).
+
     A trial's recorded score is used when its run had the same objective; otherwise, for an
     accuracy-only objective without limits, its validation accuracy; otherwise it is left out
     (a score under another objective would mislead the strategy).
@@ -140,6 +150,8 @@ def prior_observations(parent: tracking.RunHandle, runs: Sequence, objective) ->
             values = {key: value for key, value in row["values"].items() if not key.startswith("tuner/")}
             key = json.dumps(values, sort_keys=True, default=str)
             if key not in best or best[key][1] < float(score):
+                if row.get("seed") is not None:
+                    values[REEVALUATION_SEED] = int(row["seed"])
                 best[key] = (values, float(score))
     return sorted(best.values(), key=lambda prior: -prior[1])[:MAX_PRIORS]
 
@@ -186,13 +198,23 @@ def coerce_values(hyperparameters, values: Mapping[str, Any]) -> dict | None:
     return hps.values
 
 
-def usable_priors(hyperparameters, priors: Sequence) -> list[tuple[dict, float]]:
-    """The priors whose values fit the space, typed as it declares them, order kept."""
+def usable_priors(hyperparameters, priors: Sequence, keep_seed: bool = False) -> list[tuple[dict, float]]:
+    """The priors whose values fit the space, typed as it declares them, order kept.
+
+    Args:
+        hyperparameters: The declared space.
+        priors: ``(values, score)`` from :func:`prior_observations`.
+        keep_seed: Keep :data:`REEVALUATION_SEED` (for the re-evaluations; the strategies
+            get values of the space only).
+    """
     usable = []
     for values, score in priors:
         typed = coerce_values(hyperparameters, values)
-        if typed is not None:
-            usable.append((typed, float(score)))
+        if typed is None:
+            continue
+        if keep_seed and values.get(REEVALUATION_SEED) is not None:
+            typed[REEVALUATION_SEED] = int(values[REEVALUATION_SEED])
+        usable.append((typed, float(score)))
     return usable
 
 
@@ -206,11 +228,20 @@ class _ReevaluatingOracle:
         for values in self.nasflow_reevaluate:
             if self._compute_values_hash(values) in self._tried_so_far:
                 continue
-            if check is not None and check(values):
+            if check is not None and check(_without_seed(values)):
                 continue
             logger.info("warm start: trial %s evaluates a prior's architecture again", trial_id)
             return {"status": "RUNNING", "values": dict(values)}
         return super().populate_space(trial_id)
+
+    def _compute_values_hash(self, values):
+        # A re-evaluation is a trial of its architecture: the strategies' duplicate checks
+        # and a resumed search must see those values as tried, whatever seed they ran with.
+        return super()._compute_values_hash(_without_seed(values))
+
+
+def _without_seed(values: Mapping[str, Any]) -> dict:
+    return {key: value for key, value in values.items() if key != REEVALUATION_SEED}
 
 
 _CLASSES: dict[type, type] = {}
@@ -224,7 +255,8 @@ def add_reevaluation(oracle, priors: Sequence, count: int = REEVALUATE_BEST):
 
     Args:
         oracle: The strategy's oracle (in the process that owns it).
-        priors: ``(values, score)``, best first, typed by :func:`usable_priors`.
+        priors: ``(values, score)``, best first, typed by :func:`usable_priors` (with
+            ``keep_seed=True``: a re-evaluation then trains from the prior's seed).
         count: How many to evaluate again.
     """
     if not priors or count < 1 or getattr(oracle, "handles_prior_reevaluation", False):

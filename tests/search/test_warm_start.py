@@ -13,11 +13,14 @@ from nasflow.search.records import collect_trials
 from nasflow.search.strategies import OracleSettings, make_oracle
 from nasflow.search.warm_start import (
     DATASET_HASH_TAG,
+    REEVALUATION_SEED,
     SPACE_HASH_TAG,
     WARM_START_TAG,
+    add_reevaluation,
     coerce_values,
     find_earlier_runs,
     space_hash,
+    usable_priors,
 )
 from nasflow.spaces.schema import load_search_space
 from nasflow.steps.search import search_step
@@ -81,12 +84,50 @@ def test_reinforce_learns_from_the_priors_once():
     assert restored.learn_priors() == 0
 
 
-def _search(tmp_path, uri: str, name: str, warm_start: str, strategy: str) -> str:
+def _end(oracle, trial, score: float) -> dict:
+    from keras_tuner.engine import trial as trial_module
+
+    oracle.update_trial(trial.trial_id, {"score": score})
+    trial.status = trial_module.TrialStatus.COMPLETED
+    oracle.end_trial(trial)
+    return dict(trial.hyperparameters.values)
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "evolution"])
+def test_re_evaluations_carry_the_prior_seed_and_count_as_tried_across_a_resume(tmp_path, strategy):
+    best, second = {"a": 5, "b": 5, "c": 5, "d": 5}, {"a": 4, "b": 5, "c": 5, "d": 5}
+    priors = [(best | {REEVALUATION_SEED: 40}, 0.9), (second | {REEVALUATION_SEED: 41}, 0.8), ({"a": 1}, 0.1)]
+    hp = _flat_space()
+    # The strategy learns from values of the space only; the re-evaluations keep the seeds.
+    assert usable_priors(hp, priors) == [(best, 0.9), (second, 0.8)]
+    reevaluate = usable_priors(hp, priors, keep_seed=True)
+
+    def oracle_at(directory):
+        oracle = add_reevaluation(_oracle(strategy, usable_priors(hp, priors)), reevaluate, count=2)
+        oracle._set_project_dir(str(directory), "p")
+        oracle.verbose = 0
+        return oracle
+
+    oracle = oracle_at(tmp_path)
+    assert _end(oracle, oracle.create_trial("tuner0"), 0.9) == best | {REEVALUATION_SEED: 40}
+    oracle.save()
+    # A resumed search (the state reloaded into a new oracle) goes on with the second prior, once.
+    resumed = oracle_at(tmp_path)
+    resumed.reload()
+    assert _end(resumed, resumed.create_trial("tuner0"), 0.8) == second | {REEVALUATION_SEED: 41}
+    proposed = [_end(resumed, resumed.create_trial("tuner0"), 0.5) for _ in range(6)]
+    assert all(REEVALUATION_SEED not in values for values in proposed), "the strategy's own trials draw new seeds"
+    # A re-evaluated architecture counts as tried: the strategies' duplicate check refuses it.
+    assert not resumed._is_new(best, set()) and not resumed._is_new(second, set())
+    assert best not in proposed and second not in proposed
+
+
+def _search(tmp_path, uri: str, name: str, warm_start: str, strategy: str, seed: int = 7) -> str:
     parent_id = tracking.start_parent_run(uri, "warm-start", name)
     out = tmp_path / name
     search_step(
         str(tmp_path / "data"), parent_run_id=parent_id, tracking_uri=uri, search_space=TINY_SPACE,
-        strategy=strategy, max_trials=2, epochs=1, seed=7, best_hyperparameters_path=str(out / "best.json"),
+        strategy=strategy, max_trials=2, epochs=1, seed=seed, best_hyperparameters_path=str(out / "best.json"),
         trial_table_path=str(out / "trials.csv"), report_path=str(out / "report.md"), warm_start=warm_start,
     )  # fmt: skip
     return parent_id
@@ -107,13 +148,22 @@ def test_a_second_run_finds_the_first_and_evaluates_its_best_first(tmp_path):
     assert {"size_bytes", "latency_p50_ms"} <= set(chosen.data.metrics)
     assert chosen.data.tags["nasflow.costs_measured"] == "after-search"
 
-    second_id = _search(tmp_path, uri, "second", "auto", "evolution")
+    # Another search seed: the re-evaluation must still train from the seed the best was found with.
+    second_id = _search(tmp_path, uri, "second", "auto", "evolution", seed=1234)
     second = client.get_run(second_id)
     assert second.data.tags[WARM_START_TAG] == first_id
     assert second.data.tags[DATASET_HASH_TAG] == first.data.tags[DATASET_HASH_TAG]
     assert second.data.params["search.warm_start_priors"] == str(len([r for r in first_rows if r["score"] is not None]))
     rows = {row["trial_id"]: row for row in collect_trials(tracking.RunHandle(client, second_id))}
-    assert rows[min(rows)]["values"] == best["values"], "the first run's best is evaluated again first"
+    again = rows[min(rows)]
+    assert {k: v for k, v in again["values"].items() if k != "tuner/seed"} == best["values"], (
+        "the first run's best is evaluated again first"
+    )
+    # Same data, same architecture, same initialization: the first run's result, not a redraw.
+    assert again["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-3)
+    assert again["seed"] == best["seed"] == 7 + int(best["trial_id"])
+    assert rows[max(rows)]["seed"] == 1234 + int(max(rows)), "the strategy's own trials draw from this run's seed"
+    assert rows[max(rows)]["values"] != best["values"]
 
     with pytest.raises(SearchError, match="warm start: run 'no-such-run' not found"):
         find_earlier_runs(tracking.RunHandle(client, second_id), "no-such-run", second.data.tags)
