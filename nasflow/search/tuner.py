@@ -177,7 +177,7 @@ def _make_search_oracle(space, settings: SearchSettings, objective, hyperparamet
 
     from nasflow.search.costs import cheap_constraint_check
     from nasflow.search.early_stopping import add_early_stopping, make_pruner
-    from nasflow.search.warm_start import add_reevaluation, reevaluation_count, usable_priors
+    from nasflow.search.warm_start import add_reevaluation, reevaluation_count, space_values_only
 
     oracle = make_oracle(
         settings.strategy,
@@ -191,12 +191,11 @@ def _make_search_oracle(space, settings: SearchSettings, objective, hyperparamet
             constraint_check=cheap_constraint_check(
                 lambda hp: space.build_model(hp, context.input_shape, context.num_classes), hyperparameters, objective
             ),
-            prior_observations=tuple(priors),
+            prior_observations=tuple(space_values_only(priors)),
             pareto_objectives=PARETO_OBJECTIVES if objective.mode == "pareto" else None,
         ),
     )
-    reevaluate = usable_priors(hyperparameters, settings.prior_observations, keep_seed=True)
-    oracle = add_reevaluation(oracle, reevaluate, reevaluation_count(settings.max_trials))
+    oracle = add_reevaluation(oracle, priors, reevaluation_count(settings.max_trials))
     oracle = add_early_stopping(oracle, make_pruner(settings.early_stopping), settings.epochs)
     # Atomic state files and a budget that counts every attempt (nasflow.search.state).
     return make_crash_safe(oracle)

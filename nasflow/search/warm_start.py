@@ -198,24 +198,30 @@ def coerce_values(hyperparameters, values: Mapping[str, Any]) -> dict | None:
     return hps.values
 
 
-def usable_priors(hyperparameters, priors: Sequence, keep_seed: bool = False) -> list[tuple[dict, float]]:
+def usable_priors(hyperparameters, priors: Sequence) -> list[tuple[dict, float]]:
     """The priors whose values fit the space, typed as it declares them, order kept.
+
+    A prior's :data:`REEVALUATION_SEED` is kept (a re-evaluation trains from it); the
+    strategies get :func:`space_values_only` of these.
 
     Args:
         hyperparameters: The declared space.
         priors: ``(values, score)`` from :func:`prior_observations`.
-        keep_seed: Keep :data:`REEVALUATION_SEED` (for the re-evaluations; the strategies
-            get values of the space only).
     """
     usable = []
     for values, score in priors:
         typed = coerce_values(hyperparameters, values)
         if typed is None:
             continue
-        if keep_seed and values.get(REEVALUATION_SEED) is not None:
+        if values.get(REEVALUATION_SEED) is not None:
             typed[REEVALUATION_SEED] = int(values[REEVALUATION_SEED])
         usable.append((typed, float(score)))
     return usable
+
+
+def space_values_only(priors: Sequence) -> list[tuple[dict, float]]:
+    """``priors`` without the re-evaluation seed: what a strategy learns from."""
+    return [(_without_seed(values), score) for values, score in priors]
 
 
 class _ReevaluatingOracle:
@@ -255,8 +261,8 @@ def add_reevaluation(oracle, priors: Sequence, count: int = REEVALUATE_BEST):
 
     Args:
         oracle: The strategy's oracle (in the process that owns it).
-        priors: ``(values, score)``, best first, typed by :func:`usable_priors` (with
-            ``keep_seed=True``: a re-evaluation then trains from the prior's seed).
+        priors: ``(values, score)``, best first, typed by :func:`usable_priors` (a
+            re-evaluation trains from the prior's seed where it has one).
         count: How many to evaluate again.
     """
     if not priors or count < 1 or getattr(oracle, "handles_prior_reevaluation", False):

@@ -20,6 +20,7 @@ from nasflow.search.warm_start import (
     coerce_values,
     find_earlier_runs,
     space_hash,
+    space_values_only,
     usable_priors,
 )
 from nasflow.spaces.schema import load_search_space
@@ -98,12 +99,13 @@ def test_re_evaluations_carry_the_prior_seed_and_count_as_tried_across_a_resume(
     best, second = {"a": 5, "b": 5, "c": 5, "d": 5}, {"a": 4, "b": 5, "c": 5, "d": 5}
     priors = [(best | {REEVALUATION_SEED: 40}, 0.9), (second | {REEVALUATION_SEED: 41}, 0.8), ({"a": 1}, 0.1)]
     hp = _flat_space()
-    # The strategy learns from values of the space only; the re-evaluations keep the seeds.
-    assert usable_priors(hp, priors) == [(best, 0.9), (second, 0.8)]
-    reevaluate = usable_priors(hp, priors, keep_seed=True)
+    # The re-evaluations keep the seeds; the strategy learns from values of the space only.
+    reevaluate = usable_priors(hp, priors)
+    assert reevaluate == priors[:2]
+    assert space_values_only(reevaluate) == [(best, 0.9), (second, 0.8)]
 
     def oracle_at(directory):
-        oracle = add_reevaluation(_oracle(strategy, usable_priors(hp, priors)), reevaluate, count=2)
+        oracle = add_reevaluation(_oracle(strategy, space_values_only(reevaluate)), reevaluate, count=2)
         oracle._set_project_dir(str(directory), "p")
         oracle.verbose = 0
         return oracle
