@@ -29,6 +29,7 @@ def search(
     early_stopping: str,
     measure_costs: str,
     warm_start: str,
+    confirm_best: str,
     worker_image: str,
 ):
     """Search the space; outputs the best hyperparameters (JSON), the trial table (CSV) and a report.
@@ -61,6 +62,7 @@ def search(
         early_stopping=early_stopping,
         measure_costs=measure_costs,
         warm_start=warm_start,
+        confirm_best=confirm_best,
         worker_image=worker_image,
     )
     for name, value in metrics.items():

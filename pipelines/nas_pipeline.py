@@ -224,6 +224,7 @@ def nas_pipeline(
     early_stopping: str = _SEARCH.early_stopping,
     measure_costs: str = _SEARCH.measure_costs,
     warm_start: str = DEFAULT_WARM_START,
+    confirm_best: str = _SEARCH.confirm_best,
 ):
     """Search, train, compress and register a model for ``dataset``.
 
@@ -265,6 +266,8 @@ def nas_pipeline(
             use, then the chosen and Pareto candidates), all, or none (params and FLOPs only).
         warm_start: auto (earlier runs on the same data and space in this experiment), an
             MLflow run id, or none: their trials become the strategy's prior observations.
+        confirm_best: Train the best architectures once more at the end of the trial budget
+            and choose by the mean: auto (the best 3 from 100 trials on), none, or a count.
     """
     parameters = dict(locals())  # this run's parameters (KFP placeholders), by name
     finish = _tracking_task(finish_tracking, parameters)

@@ -219,6 +219,7 @@ class _EarlyStoppingOracle:
                 if (reached := _pruned_at(trial)) is not None
             )
             budget = oracle.nasflow_max_trials + unused // oracle.nasflow_epochs
+            oracle.nasflow_trial_budget = budget  # what wrappers that plan the budget's end read
             # Keras Tuner pads trial ids to the digits of max_trials: during the call it is the
             # most trials the epoch budget can ever fund (one epoch each), so ids keep one width.
             ceiling = oracle.nasflow_max_trials * oracle.nasflow_epochs

@@ -45,6 +45,15 @@ class SearchResult:
     best_row: dict[str, Any]
     rows: list[dict[str, Any]]
     pareto_front: list[int] = field(default_factory=list)
+    #: The chosen architecture's validation accuracy: the mean of its ``observations``
+    #: completed trials (more than one when it was confirmed, see
+    #: :func:`pool_repeated_architectures`); None: the chosen row's own.
+    val_accuracy: float | None = None
+    observations: int = 1
+
+    def __post_init__(self) -> None:
+        if self.val_accuracy is None:
+            self.val_accuracy = self.best_row.get("val_accuracy")
 
     def best_hyperparameters_json(self, space_source: str) -> dict[str, Any]:
         """The JSON document written as the search's ``best_hyperparameters`` artifact."""
@@ -52,7 +61,9 @@ class SearchResult:
             "trial_id": self.best_trial_id,
             "values": self.best_values,
             "search_space": space_source,
-            "val_accuracy": self.best_row.get("val_accuracy"),
+            "val_accuracy": self.val_accuracy,
+            # More than one: the architecture was trained that often, val_accuracy is the mean.
+            "observations": self.observations,
             "score": self.best_row.get("score"),
             "architecture": self.best_row.get("architecture"),
         }
@@ -88,11 +99,44 @@ def choose_best(rows: list[dict[str, Any]], objective=None) -> SearchResult:
         hint = f"; last reason: {reasons[-1]}" if reasons else ""
         raise SearchError(f"no trial completed within the constraints ({summary}){hint}")
     cost_key = cost_key_for(objective)
-    index = select_trial(rows, objective)
+    pooled = pool_repeated_architectures(rows)
+    index = select_trial(pooled, objective)
     best = rows[index]
     values = {key: value for key, value in best["values"].items()}
-    front = pareto_front(rows, cost_key=cost_key)
-    return SearchResult(best["trial_id"], values, best, rows, front)
+    front = pareto_front(pooled, cost_key=cost_key)
+    return SearchResult(
+        best["trial_id"], values, best, rows, front,
+        val_accuracy=pooled[index]["val_accuracy"], observations=pooled[index].get("observations", 1),
+    )
+
+
+def pool_repeated_architectures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each architecture trained more than once carrying the mean of its draws.
+
+    An architecture confirmed at the end of the search (:mod:`nasflow.search.confirmation`),
+    or repeated by a strategy, has several completed feasible rows: ranking them one by one
+    would pick its luckiest draw. Each of them gets a copy with ``val_accuracy`` and
+    ``score`` the means over those rows and ``observations`` their number; every other row
+    is returned as it is, in the same order.
+    """
+    from nasflow.search.confirmation import architecture_key
+
+    groups: dict[tuple, list[int]] = {}
+    for index, row in enumerate(rows):
+        if row["status"] == COMPLETED and row["feasible"] and row.get("val_accuracy") is not None:
+            groups.setdefault(architecture_key(row["values"]), []).append(index)
+    pooled = list(rows)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        means = {
+            key: float(np.mean([rows[i][key] for i in members]))
+            for key in ("val_accuracy", "score")
+            if all(rows[i].get(key) is not None for i in members)
+        }
+        for i in members:
+            pooled[i] = {**rows[i], **means, "observations": len(members)}
+    return pooled
 
 
 def cost_key_for(objective) -> str:

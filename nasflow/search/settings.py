@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasflow.errors import SearchError
+from nasflow.search.confirmation import DEFAULT_CONFIRM_BEST, confirmation_count
 from nasflow.search.strategies import check_strategy
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class SearchSettings:
     measure_costs: str = "auto"
     #: Stop poor trials early: see :data:`nasflow.search.early_stopping.EARLY_STOPPING`.
     early_stopping: str = "none"
+    #: Train the best architectures again at the end of the budget and pick by their mean:
+    #: ``auto``, ``none`` or a count (see :mod:`nasflow.search.confirmation`).
+    confirm_best: str = DEFAULT_CONFIRM_BEST
     #: Trials of earlier runs as ``(hyperparameter values, score)`` pairs, best first
     #: (warm start, see :mod:`nasflow.search.warm_start`); not trials of this search.
     prior_observations: tuple = ()
@@ -83,6 +87,7 @@ class SearchSettings:
             raise SearchError("num_workers and trials_per_process must be >= 0")
         if self.measure_costs not in MEASURE_COSTS:
             raise SearchError(f"measure_costs must be one of {', '.join(MEASURE_COSTS)}, got {self.measure_costs!r}")
+        confirmation_count(self.confirm_best, self.max_trials)  # refuses a bad value
         from nasflow.search.early_stopping import EARLY_STOPPING
 
         if self.early_stopping not in EARLY_STOPPING:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,7 @@ def search_step(
     early_stopping: str = "none",
     measure_costs: str = "auto",
     warm_start: str = "none",
+    confirm_best: str = "auto",
 ) -> dict[str, float]:
     """Run the architecture search and write the best hyperparameters, trial table and report.
 
@@ -73,6 +75,7 @@ def search_step(
         trials_per_process=trials_per_process,
         early_stopping=early_stopping,
         measure_costs=measure_costs,
+        confirm_best=confirm_best,
     )
     costs_to_measure(objective_config, settings.measure_costs)  # refuses 'none' for a cost objective
     parent = tracking.open_parent(tracking_uri, parent_run_id)
@@ -188,7 +191,7 @@ def _choose_and_report(
     pareto_dir = Path(trial_table_path).parent / "pareto"
     _write_reports(parent, rows, result, objective_config, pareto_dir, report_path, html_report_path)
     metrics = summarize_rows(rows)
-    metrics["chosen_val_accuracy"] = float(result.best_row["val_accuracy"] or 0.0)
+    metrics["chosen_val_accuracy"] = float(result.val_accuracy or 0.0)
     parent.log_metrics({f"search.{key}": value for key, value in metrics.items()})
     return metrics
 
@@ -224,8 +227,6 @@ def _write_reports(parent, rows, result, objective_config, pareto_dir: Path, rep
 
 def _warm_start(parent, settings, warm_start: str, data, space, objective):
     """Tag the parent run for later runs to find; return the settings with this run's priors."""
-    import dataclasses
-
     from nasflow.search.warm_start import WARM_START_TAG, find_earlier_runs, prior_observations, run_tags
 
     tags = run_tags(data.metadata.content_hash, space, objective)
@@ -256,7 +257,7 @@ def _measure_chosen_and_front(parent, rows, result, space, data, objective):
     """
     from nasflow.search.costs import measure_candidate_costs
     from nasflow.search.objectives import cost_value, pareto_front
-    from nasflow.search.selection import SearchResult, cost_key_for
+    from nasflow.search.selection import cost_key_for
     from nasflow.search.trial import cost_metrics
     from nasflow.train import hyperparameters_from_values
 
@@ -288,7 +289,7 @@ def _measure_chosen_and_front(parent, rows, result, space, data, objective):
         if need_size and "size_bytes" in metrics:
             row["size_kb"] = metrics["size_bytes"] / 1024.0
         tracking.RunHandle(parent.client, row["mlflow_run_id"]).log_batch(metrics=metrics, tags=tags)
-    return SearchResult(result.best_trial_id, result.best_values, result.best_row, rows, pareto_front(rows, cost_key))
+    return dataclasses.replace(result, rows=rows, pareto_front=pareto_front(rows, cost_key))
 
 
 @contextlib.contextmanager
@@ -404,7 +405,9 @@ def _search_report(rows, result, objective_config, folder: Path) -> str:
         "# Architecture search",
         "",
         f"Chosen trial **{result.best_trial_id}**: `{result.best_row['architecture']}` "
-        f"(val accuracy {result.best_row['val_accuracy']:.4f}).",
+        f"(val accuracy {result.val_accuracy:.4f}"
+        + (f", the mean of {result.observations} trainings" if result.observations > 1 else "")
+        + ").",
         "",
         pareto_markdown(rows, result.pareto_front, chosen, cost_key),
     ]

@@ -1,0 +1,151 @@
+"""Confirmation of the best candidates: the last trials train them again, the pick is by the mean."""
+
+from __future__ import annotations
+
+import json
+
+import keras_tuner
+import pytest
+from keras_tuner.engine import trial as trial_module
+from mlflow_stores import fresh_sqlite_uri
+
+from nasflow import tracking
+from nasflow.data import prepare_dataset
+from nasflow.errors import SearchError
+from nasflow.search.confirmation import add_confirmation, confirmation_count
+from nasflow.search.records import collect_trials
+from nasflow.search.selection import choose_best
+from nasflow.search.settings import SearchSettings
+from nasflow.search.state import make_crash_safe
+from nasflow.search.strategies import OracleSettings, make_oracle
+from nasflow.steps.search import search_step
+
+TINY_SPACE = "bench/spaces/tiny_cnn.yaml"
+
+
+def _oracle(strategy: str, directory, max_trials: int = 10, confirm: int = 3):
+    hp = keras_tuner.HyperParameters()
+    for name in ("a", "b", "c", "d"):
+        hp.Choice(name, [1, 2, 3, 4, 5])
+    oracle = make_oracle(
+        strategy,
+        OracleSettings(objective=keras_tuner.Objective("score", "max"), hyperparameters=hp, seed=5,
+                       max_trials=max_trials, epochs=1),
+    )  # fmt: skip
+    oracle = make_crash_safe(add_confirmation(oracle, confirm))
+    oracle._set_project_dir(str(directory), "p")
+    oracle.verbose = 0
+    return oracle
+
+
+def _score(values) -> float:
+    # A deterministic landscape: higher values score higher, ties broken by position.
+    return sum(values[k] * 10 ** -i for i, k in enumerate("abcd")) / 10
+
+
+def _run(oracle, count: int) -> list[dict]:
+    ran = []
+    for _ in range(count):
+        trial = oracle.create_trial("tuner0")
+        if trial.status != trial_module.TrialStatus.RUNNING:
+            break
+        values = dict(trial.hyperparameters.values)
+        oracle.update_trial(trial.trial_id, {"score": _score(values)})
+        trial.status = trial_module.TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+        ran.append(values)
+    return ran
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "evolution", "random"])
+def test_the_last_trials_train_the_best_architectures_again_once_each_across_a_resume(tmp_path, strategy):
+    oracle = _oracle(strategy, tmp_path)
+    explored = _run(oracle, 7)
+    assert len({json.dumps(v, sort_keys=True) for v in explored}) == 7, "the strategy's own trials are distinct"
+    best_three = sorted(explored, key=_score, reverse=True)[:3]
+    first = _run(oracle, 1)
+    assert first == best_three[:1]
+    oracle.save()
+    # A resumed search (state reloaded into a new oracle) confirms the other two, then stops.
+    resumed = _oracle(strategy, tmp_path)
+    resumed.reload()
+    rest = _run(resumed, 5)
+    assert rest == best_three[1:], "each of the best three once, best first, none twice"
+    assert len(resumed.trials) == 10
+    assert resumed.create_trial("tuner0").status == trial_module.TrialStatus.STOPPED
+
+
+def test_infeasible_trials_are_never_confirmed(tmp_path):
+    oracle = _oracle("random", tmp_path, max_trials=6, confirm=2)
+    for number in range(4):
+        trial = oracle.create_trial("tuner0")
+        # Every trial infeasible (nasflow scores those below zero): nothing to confirm.
+        oracle.update_trial(trial.trial_id, {"score": -0.5 - number})
+        trial.status = trial_module.TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+    assert oracle.nasflow_confirmations == {}
+    ran = _run(oracle, 2)
+    # Trial 4 is the strategy's (no feasible trial to confirm yet); trial 5 confirms it.
+    assert ran[1] == ran[0] and oracle.nasflow_confirmations == {"5": "4"}
+
+
+def _row(trial_id: str, values: dict, val: float) -> dict:
+    return {"trial_id": trial_id, "status": "COMPLETED", "feasible": True, "score": val, "val_accuracy": val,
+            "params": 100, "flops": 100, "size_kb": None, "latency_ms": None, "architecture": str(values),
+            "reason": "", "mlflow_run_id": f"run{trial_id}", "values": values}  # fmt: skip
+
+
+def test_the_choice_is_by_the_mean_of_an_architectures_trainings():
+    lucky, steady = {"a": 1}, {"a": 2}
+    rows = [
+        _row("0", lucky, 0.95),  # the best single draw...
+        _row("1", steady, 0.93),
+        _row("2", lucky | {"tuner/seed": 9}, 0.85),  # ...trained again: a mean of 0.90
+        _row("3", steady, 0.92),  # a mean of 0.925
+    ]
+    result = choose_best(rows)
+    assert result.best_values == steady and result.best_trial_id in ("1", "3")
+    assert result.observations == 2 and result.val_accuracy == pytest.approx(0.925)
+    assert result.best_row is rows[int(result.best_trial_id)], "the table's own row, not a copy"
+    document = result.best_hyperparameters_json("space.yaml")
+    assert document["observations"] == 2 and document["val_accuracy"] == pytest.approx(0.925)
+    # An architecture trained once competes with its one draw.
+    assert choose_best(rows[:2]).best_values == lucky
+
+
+def test_confirm_best_auto_confirms_three_from_a_hundred_trials_and_refuses_bad_values():
+    assert confirmation_count("auto", 99) == 0
+    assert confirmation_count("auto", 100) == 3
+    assert confirmation_count("auto", 200, multi_objective=True) == 0, "a Pareto search has no single best"
+    assert confirmation_count("none", 200) == 0
+    assert confirmation_count("2", 5) == 2
+    with pytest.raises(SearchError, match="confirm_best must be auto, none or a number of trials, got 'best'"):
+        SearchSettings(confirm_best="best")
+    with pytest.raises(SearchError, match=r"confirm_best 4 leaves no trial to search with: it must be below max_trials \(4\)"):
+        SearchSettings(max_trials=4, confirm_best="4")
+
+
+def test_a_search_confirms_its_best_on_real_training_from_a_new_seed(tmp_path):
+    prepare_dataset("digits", tmp_path / "data", seed=3)
+    uri = fresh_sqlite_uri(tmp_path)
+    parent_id = tracking.start_parent_run(uri, "confirm", "run")
+    out = tmp_path / "out"
+    search_step(
+        str(tmp_path / "data"), parent_run_id=parent_id, tracking_uri=uri, search_space=TINY_SPACE,
+        strategy="random", max_trials=3, epochs=1, seed=7, best_hyperparameters_path=str(out / "best.json"),
+        trial_table_path=str(out / "trials.csv"), report_path=str(out / "report.md"), confirm_best="1",
+    )  # fmt: skip
+    rows = {row["trial_id"]: row for row in collect_trials(tracking.RunHandle(tracking.make_client(uri), parent_id))}
+    assert sorted(rows) == ["0", "1", "2"]
+    best_of_two = max((rows["0"], rows["1"]), key=lambda row: row["score"])
+    assert rows["2"]["values"] == best_of_two["values"], "the last trial trains the best architecture again"
+    assert rows["2"]["seed"] != best_of_two["seed"], "from a new initialization"
+    document = json.loads((out / "best.json").read_text())
+    means = {
+        "again": (best_of_two["val_accuracy"] + rows["2"]["val_accuracy"]) / 2,
+        "other": min((rows["0"], rows["1"]), key=lambda row: row["score"])["val_accuracy"],
+    }
+    if means["again"] >= means["other"]:
+        assert document["observations"] == 2 and document["val_accuracy"] == pytest.approx(means["again"])
+    else:
+        assert document["observations"] == 1 and document["val_accuracy"] == pytest.approx(means["other"])
