@@ -26,6 +26,7 @@ of its own.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -73,7 +74,9 @@ def confirmation_count(confirm_best: str, max_trials: int, multi_objective: bool
 
 def architecture_key(values: Mapping[str, Any]) -> tuple:
     """What identifies an architecture among trial values: every value but Keras Tuner's ``tuner/*`` keys."""
-    return tuple(sorted((name, repr(value)) for name, value in values.items() if not str(name).startswith("tuner/")))
+    return tuple(
+        sorted((name, repr(value)) for name, value in values.items() if not str(name).startswith("tuner/"))
+    )
 
 
 class _ConfirmingOracle:
@@ -87,7 +90,9 @@ class _ConfirmingOracle:
         if confirmed is None:
             return super().populate_space(trial_id)
         self.nasflow_confirmations[trial_id] = confirmed.trial_id
-        logger.info("confirmation: trial %s trains the architecture of trial %s again", trial_id, confirmed.trial_id)
+        logger.info(
+            "confirmation: trial %s trains the architecture of trial %s again", trial_id, confirmed.trial_id
+        )
         return {"status": "RUNNING", "values": _space_values(confirmed.hyperparameters.values)}
 
     def _next_to_confirm(self):
@@ -111,8 +116,12 @@ class _ConfirmingOracle:
             and trial.score >= 0  # below zero: infeasible or invalid (nasflow's scores)
             and trial.trial_id not in self.nasflow_confirmations
         ]
+        # An architecture the strategy itself trained more than once (Optuna's samplers may
+        # repeat their favourite) is measured already: its mean is what the choice ranks.
+        observed = collections.Counter(architecture_key(trial.hyperparameters.values) for trial in scored)
         for trial in sorted(scored, key=lambda trial: trial.score, reverse=True):
-            if architecture_key(trial.hyperparameters.values) not in confirmed:
+            key = architecture_key(trial.hyperparameters.values)
+            if key not in confirmed and observed[key] == 1:
                 return trial
         return None
 

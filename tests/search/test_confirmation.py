@@ -43,14 +43,14 @@ def _score(values) -> float:
     return sum(values[k] * 10 ** -i for i, k in enumerate("abcd")) / 10
 
 
-def _run(oracle, count: int) -> list[dict]:
+def _run(oracle, count: int, score=None) -> list[dict]:
     ran = []
     for _ in range(count):
         trial = oracle.create_trial("tuner0")
         if trial.status != trial_module.TrialStatus.RUNNING:
             break
         values = dict(trial.hyperparameters.values)
-        oracle.update_trial(trial.trial_id, {"score": _score(values)})
+        oracle.update_trial(trial.trial_id, {"score": (score or _score)(values)})
         trial.status = trial_module.TrialStatus.COMPLETED
         oracle.end_trial(trial)
         ran.append(values)
@@ -149,3 +149,27 @@ def test_a_search_confirms_its_best_on_real_training_from_a_new_seed(tmp_path):
         assert document["observations"] == 2 and document["val_accuracy"] == pytest.approx(means["again"])
     else:
         assert document["observations"] == 1 and document["val_accuracy"] == pytest.approx(means["other"])
+
+
+def test_an_architecture_the_strategy_trained_twice_counts_as_confirmed(tmp_path):
+    # Four cells, 7 trials of tpe (which may train the same values twice) and 1 confirmation:
+    # at least three cells were trained twice already; the confirmation goes to one trained once.
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("a", [1, 2])
+    hp.Choice("b", [1, 2])
+    oracle = make_oracle(
+        "tpe",
+        OracleSettings(objective=keras_tuner.Objective("score", "max"), hyperparameters=hp, seed=5,
+                       max_trials=8, epochs=1),
+    )  # fmt: skip
+    oracle = add_confirmation(oracle, 1)
+    oracle._set_project_dir(str(tmp_path), "p")
+    oracle.verbose = 0
+    def score(values):
+        return values["a"] + values["b"] / 10
+
+    explored = [json.dumps(v, sort_keys=True) for v in _run(oracle, 7, score)]
+    assert max(explored.count(cell) for cell in explored) == 2, "tpe trained its favourite twice"
+    (confirmed,) = (json.dumps(v, sort_keys=True) for v in _run(oracle, 1, score))
+    assert explored.count(confirmed) == 1
+    assert list(oracle.nasflow_confirmations) == [max(oracle.trials)]

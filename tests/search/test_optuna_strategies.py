@@ -6,6 +6,7 @@ model, no training), and on the NAS-Bench-201 table where no training is needed.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -35,7 +36,13 @@ from test_oracles import (  # noqa: E402
 
 from nasflow.errors import SearchError  # noqa: E402
 from nasflow.search.strategies import PARETO_OBJECTIVES, OracleSettings, make_oracle  # noqa: E402
-from nasflow.search.strategies.optuna_sampler import JOURNAL_FILE, TRIAL_ID_ATTR  # noqa: E402
+from nasflow.search.strategies.optuna_sampler import (  # noqa: E402
+    JOURNAL_FILE,
+    MAX_REPEATS,
+    TRIAL_ID_ATTR,
+    OptunaOracle,
+    tpe_sampler,
+)
 
 KINDS = ["tpe", "nsga2"]
 
@@ -87,11 +94,22 @@ def told_once(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def times_trained(oracle) -> collections.Counter:
+    return collections.Counter(value_hash(v) for v in trial_values(oracle))
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_only_active_values_in_range_never_repeated(kind, tmp_path):
+def test_only_active_values_in_range_repeated_at_most_max_repeats(kind, tmp_path):
     oracle = search(kind, tmp_path, max_trials=30)
     values = trial_values(oracle)
-    assert_valid_distinct_proposals(values, 30)
+    if kind == "nsga2":
+        assert oracle.max_repeats == 1
+        assert_valid_distinct_proposals(values, 30)
+    else:
+        assert max(times_trained(oracle).values()) <= oracle.max_repeats == MAX_REPEATS
+        assert_valid_distinct_proposals(
+            list({value_hash(v): v for v in values}.values()), len(set(map(value_hash, values)))
+        )
     study = journal_study(tmp_path)
     assert told_once(study) == {trial_id: 1 for trial_id in oracle.trials}
     # Conditional values are sampled only when their branch is active.
@@ -110,6 +128,48 @@ def test_tpe_state_round_trip_resumes_the_same_search(tmp_path):
     assert told_once(journal_study(tmp_path / "resumed")) == {trial_id: 1 for trial_id in resumed.trials}
 
 
+def four_cell_space() -> keras_tuner.HyperParameters:
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("op", ["conv", "pool"])
+    hp.Choice("width", [16, 32], ordered=True)
+    return hp
+
+
+class FourCellTuner(keras_tuner.Tuner):
+    def run_trial(self, trial, *args, **kwargs):
+        values = trial.hyperparameters.values
+        return {"score": (values["op"] == "conv") + values["width"] / 100}
+
+
+def four_cell_oracle(**kwargs) -> OptunaOracle:
+    return OptunaOracle(
+        tpe_sampler, objective=OBJECTIVE, max_trials=20, hyperparameters=four_cell_space(), seed=2, **kwargs
+    )
+
+
+@pytest.mark.parametrize("max_repeats", [1, 3])
+def test_tpe_trains_the_same_values_at_most_max_repeats_times_then_stops(max_repeats, tmp_path):
+    # Four cells and a budget of 20: TPE repeats its favourite cell; each cell may be trained
+    # max_repeats times, then the repeat becomes an untried neighbour, and once every cell is
+    # used up the search stops early (4 x max_repeats trials of the 20).
+    oracle = four_cell_oracle(max_repeats=max_repeats)
+    FourCellTuner(oracle=oracle, directory=str(tmp_path), project_name="p").search(verbose=0)
+    assert sorted(times_trained(oracle).values()) == [max_repeats] * 4
+    # Each Keras Tuner trial is one told Optuna trial, repeats included.
+    assert told_once(journal_study(tmp_path)) == {trial_id: 1 for trial_id in oracle.trials}
+
+
+def test_a_pareto_search_never_repeats():
+    oracle = four_cell_oracle(pareto_objectives=(("score", "max"), ("width", "min")))
+    assert oracle.max_repeats == MAX_REPEATS and oracle.multi_objective
+    assert not oracle._may_repeat({"op": "conv", "width": 16}, set())
+
+
+def test_max_repeats_below_one_is_refused():
+    with pytest.raises(SearchError, match="max_repeats must be at least 1, got 0"):
+        OptunaOracle(tpe_sampler, objective=OBJECTIVE, hyperparameters=four_cell_space(), max_repeats=0)
+
+
 KILL_SCRIPT = """
 import os, sys, time
 sys.path.insert(0, {tests!r})
@@ -126,7 +186,7 @@ search("tpe", {directory!r}, max_trials=14, seed=3, tuner_class=HangingTuner)
 """
 
 
-def test_tpe_resumes_after_sigkill_mid_trial_with_exact_count_and_no_repeats(tmp_path):
+def test_tpe_resumes_after_sigkill_mid_trial_with_exact_count_and_no_trial_twice(tmp_path):
     marker = tmp_path / "hanging"
     script = tmp_path / "kill.py"
     script.write_text(
@@ -154,7 +214,7 @@ def test_tpe_resumes_after_sigkill_mid_trial_with_exact_count_and_no_repeats(tmp
     resumed = search("tpe", tmp_path, max_trials=14, seed=3, overwrite=False)
     assert len(resumed.trials) == 14
     assert all(trial.status == "COMPLETED" for trial in resumed.trials.values())
-    assert len({value_hash(v) for v in trial_values(resumed)}) == 14
+    assert max(times_trained(resumed).values()) <= MAX_REPEATS
     study = journal_study(tmp_path)
     # Trial 07 ran again after the kill and was told once; nothing is left RUNNING.
     assert told_once(study) == {trial_id: 1 for trial_id in resumed.trials}

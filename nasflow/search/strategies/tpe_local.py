@@ -123,6 +123,9 @@ class TpeLocalOracle(OptunaOracle):
         confirmations: int = CONFIRMATIONS,
         **kwargs,
     ):
+        # Its own proposals decide what is run again (a configuration at most twice); TPE's
+        # repeats during the warm-up and exploration become untried neighbours, as measured.
+        kwargs.setdefault("max_repeats", 1)
         super().__init__(_tpe_factory(startup_trials), **kwargs)
         self.warmup_trials = warmup_trials
         self.startup_trials = startup_trials
