@@ -127,9 +127,13 @@ class Tabular:
 
 
 def run_nasflow(
-    bench: Tabular, strategy: str, budget: int, seed: int, scratch: str
+    bench: Tabular, strategy: str, budget: int, seed: int, scratch: str, max_repeats: int | None = None
 ) -> list[tuple[str, float]]:
-    """A nasflow strategy through ``make_oracle`` and Keras Tuner's oracle protocol."""
+    """A nasflow strategy through ``make_oracle`` and Keras Tuner's oracle protocol.
+
+    ``max_repeats`` overrides how often an Optuna strategy may train the same cell
+    (``bench/tpe_repeats.py``); None keeps the strategy's own setting.
+    """
     import keras_tuner
     from keras_tuner.engine import trial as trial_module
 
@@ -147,6 +151,8 @@ def run_nasflow(
         ),
     )
     # The pipeline's default: the end of a large budget confirms the best few (nasflow.search.confirmation).
+    if max_repeats is not None:
+        oracle.max_repeats = max_repeats
     oracle = add_confirmation(oracle, confirmation_count("auto", budget))
     oracle._set_project_dir(scratch, f"{strategy}_{budget}_{seed}")
     oracle.verbose = 0
@@ -244,13 +250,14 @@ _BENCH_CACHE: dict[str, Tabular] = {}
 # --------------------------------------------------------------------------- report
 
 
-def load_rows(path: Path) -> list[dict]:
+def load_rows(path: Path, key: tuple[str, ...] = ("benchmark", "strategy", "budget", "seed")) -> list[dict]:
+    """The rows of a results .jsonl, the last of each ``key`` (a rerun replaces a row)."""
     rows = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[(row["benchmark"], row["strategy"], row["budget"], row["seed"])] = row
+                rows[tuple(row[field] for field in key)] = row
     return list(rows.values())
 
 
