@@ -150,9 +150,9 @@ def run_nasflow(
             epochs=1,
         ),
     )
-    # The pipeline's default: the end of a large budget confirms the best few (nasflow.search.confirmation).
     if max_repeats is not None:
         oracle.max_repeats = max_repeats
+    # The pipeline's default: the end of a large budget confirms the best few (nasflow.search.confirmation).
     oracle = add_confirmation(oracle, confirmation_count("auto", budget))
     oracle._set_project_dir(scratch, f"{strategy}_{budget}_{seed}")
     oracle.verbose = 0
@@ -216,21 +216,28 @@ def regret_curve(bench: Tabular, history: list[tuple[str, float]], by_mean: bool
     return curve
 
 
-def one_task(task: tuple[str, str, int, int], scratch_root: str) -> dict:
-    benchmark, strategy, budget, seed = task
+def search(
+    benchmark: str, strategy: str, budget: int, seed: int, scratch_root: str | None, max_repeats: int | None = None
+) -> tuple[list[tuple[str, float]], list[float]]:
+    """One search on a (cached) table: its ``(cell, observed)`` history and regret curve."""
     bench = _BENCH_CACHE.get(benchmark) or _BENCH_CACHE.setdefault(benchmark, Tabular(benchmark))
     # The table's RNG draws the training seed of each query: seeded per search seed.
     bench.table.reseed(seed)
-    started = time.perf_counter()
     if strategy in PEERS:
         history = run_optuna(bench, strategy, budget, seed)
     else:
         scratch = tempfile.mkdtemp(dir=scratch_root)
         try:
-            history = run_nasflow(bench, strategy, budget, seed, scratch)
+            history = run_nasflow(bench, strategy, budget, seed, scratch, max_repeats=max_repeats)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    curve = regret_curve(bench, history, by_mean=strategy not in PEERS)
+    return history, regret_curve(bench, history, by_mean=strategy not in PEERS)
+
+
+def one_task(task: tuple[str, str, int, int], scratch_root: str) -> dict:
+    benchmark, strategy, budget, seed = task
+    started = time.perf_counter()
+    history, curve = search(benchmark, strategy, budget, seed, scratch_root)
     return {
         "benchmark": benchmark,
         "strategy": strategy,

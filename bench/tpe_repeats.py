@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -58,19 +56,11 @@ def load_rows(path: Path) -> list[dict]:
 
 def one_task(task: tuple[str, str, int, int]) -> dict:
     variant, benchmark, budget, seed = task
-    bench = tabular_nas.Tabular(benchmark)
-    bench.table.reseed(seed)
     started = time.perf_counter()
     max_repeats = VARIANTS[variant]
-    if max_repeats is None:
-        history = tabular_nas.run_optuna(bench, "optuna_tpe", budget, seed)
-    else:
-        scratch = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        try:
-            history = tabular_nas.run_nasflow(bench, "tpe", budget, seed, scratch, max_repeats=max_repeats)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    curve = tabular_nas.regret_curve(bench, history, by_mean=max_repeats is not None)
+    strategy = "optuna_tpe" if max_repeats is None else "tpe"
+    scratch_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    history, curve = tabular_nas.search(benchmark, strategy, budget, seed, scratch_root, max_repeats=max_repeats)
     return {
         "variant": variant,
         "benchmark": benchmark,

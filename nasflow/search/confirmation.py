@@ -74,9 +74,7 @@ def confirmation_count(confirm_best: str, max_trials: int, multi_objective: bool
 
 def architecture_key(values: Mapping[str, Any]) -> tuple:
     """What identifies an architecture among trial values: every value but Keras Tuner's ``tuner/*`` keys."""
-    return tuple(
-        sorted((name, repr(value)) for name, value in values.items() if not str(name).startswith("tuner/"))
-    )
+    return tuple(sorted((name, repr(value)) for name, value in values.items() if not str(name).startswith("tuner/")))
 
 
 class _ConfirmingOracle:
@@ -90,9 +88,7 @@ class _ConfirmingOracle:
         if confirmed is None:
             return super().populate_space(trial_id)
         self.nasflow_confirmations[trial_id] = confirmed.trial_id
-        logger.info(
-            "confirmation: trial %s trains the architecture of trial %s again", trial_id, confirmed.trial_id
-        )
+        logger.info("confirmation: trial %s trains the architecture of trial %s again", trial_id, confirmed.trial_id)
         return {"status": "RUNNING", "values": _space_values(confirmed.hyperparameters.values)}
 
     def _next_to_confirm(self):

@@ -165,6 +165,7 @@ def test_an_architecture_the_strategy_trained_twice_counts_as_confirmed(tmp_path
     oracle = add_confirmation(oracle, 1)
     oracle._set_project_dir(str(tmp_path), "p")
     oracle.verbose = 0
+
     def score(values):
         return values["a"] + values["b"] / 10
 

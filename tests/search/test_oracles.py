@@ -101,12 +101,17 @@ def trial_values(oracle) -> list[dict]:
     return [dict(oracle.trials[trial_id].hyperparameters.values) for trial_id in sorted(oracle.trials)]
 
 
-def assert_valid_distinct_proposals(values: list[dict], count: int) -> None:
-    """``count`` proposals, each holding exactly its active hyperparameters, all in the space, none twice."""
+def assert_valid_proposals(values: list[dict], count: int) -> None:
+    """``count`` proposals, each holding exactly its active hyperparameters, all in the space."""
     assert len(values) == count
     for trial in values:
         assert set(trial) == expected_active(trial), trial
         assert all(value_in_space(name, value) for name, value in trial.items()), trial
+
+
+def assert_valid_distinct_proposals(values: list[dict], count: int) -> None:
+    """As :func:`assert_valid_proposals`, and none twice."""
+    assert_valid_proposals(values, count)
     assert len({value_hash(v) for v in values}) == count
 
 

@@ -43,6 +43,7 @@ What the sampler is told:
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -360,13 +361,14 @@ class OptunaOracle(SeededOracle):
         self.study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
     def _untried_neighbour(
-        self, values: Mapping, rng: random.Random, rejected: set[str], repeats: bool = False
+        self, values: Mapping, rng: random.Random, rejected: set[str], trained: collections.Counter
     ) -> dict | None:
         """Values at the fewest changed hyperparameters from ``values`` not yet tried.
 
-        With ``repeats``, values tried fewer than ``max_repeats`` times qualify too (the
-        fallback once every untried neighbour is gone, in a small space).
+        When every neighbour looked at was tried, the first one still under ``max_repeats``
+        (``trained``: times per values hash), so a small space is used up before it stops.
         """
+        under_cap = None
         for distance in range(1, MAX_NEIGHBOUR_DISTANCE + 1):
             for _ in range(4 * (self._max_collisions + 1)):
                 candidate = dict(values)
@@ -374,27 +376,26 @@ class OptunaOracle(SeededOracle):
                     hp for hp in active_hyperparameters(self.hyperparameters, candidate) if can_mutate(hp)
                 ]
                 if not mutable:
-                    return None
+                    return under_cap
                 for hp in rng.sample(mutable, min(distance, len(mutable))):
                     candidate[hp.name] = mutate_value(hp, candidate[hp.name], rng)
                 candidate = complete_values(self.hyperparameters, candidate, rng)
-                if self._is_new(candidate, rejected) or (repeats and self._may_repeat(candidate, rejected)):
+                if self._is_new(candidate, rejected):
                     return candidate
-        return None
+                if under_cap is None and self._may_repeat(candidate, rejected, trained):
+                    under_cap = candidate
+        return under_cap
 
-    def _may_repeat(self, values: Mapping, rejected: set[str]) -> bool:
+    def _times_trained(self) -> collections.Counter:
+        """How many trials hold each values hash (counted once per proposal)."""
+        return collections.Counter(self._compute_values_hash(t.hyperparameters.values) for t in self.trials.values())
+
+    def _may_repeat(self, values: Mapping, rejected: set[str], trained: collections.Counter) -> bool:
         """Whether tried ``values`` may be trained again (fewer than ``max_repeats`` times so far)."""
-        digest = self._compute_values_hash(values)
-        if digest in rejected:
-            return False
         if self.multi_objective:
             return False
-        times = sum(
-            1
-            for trial in self.trials.values()
-            if self._compute_values_hash(trial.hyperparameters.values) == digest
-        )
-        return times < self.max_repeats
+        digest = self._compute_values_hash(values)
+        return digest not in rejected and trained[digest] < self.max_repeats
 
     def propose(self, trial_id: str, rng: random.Random, rejected: set[str]) -> dict | None:
         """Ask the sampler; past ``max_repeats``, replace a repeat by an untried neighbour.
@@ -411,18 +412,17 @@ class OptunaOracle(SeededOracle):
             rng.randrange(2**31), self.max_trials or 0, self.multi_objective
         )
         optuna_trial, values = self._ask(trial_id)
-        if self._is_new(values, rejected) or self._may_repeat(values, rejected):
+        trained = self._times_trained()
+        if self._is_new(values, rejected) or self._may_repeat(values, rejected, trained):
             self._pending = optuna_trial.number
             return values
         self._fail(optuna_trial.number, "repeats values already tried")
-        neighbour = self._untried_neighbour(values, rng, rejected) or self._untried_neighbour(
-            values, rng, rejected, repeats=True
-        )
+        neighbour = self._untried_neighbour(values, rng, rejected, trained)
         if neighbour is None:
             return None
         self.duplicates_replaced += 1
         optuna_trial, values = self._ask(trial_id, fixed=neighbour)
-        if not (self._is_new(values, rejected) or self._may_repeat(values, rejected)):
+        if not (self._is_new(values, rejected) or self._may_repeat(values, rejected, trained)):
             self._fail(optuna_trial.number, "repeats values already tried")
             return None
         self._pending = optuna_trial.number
