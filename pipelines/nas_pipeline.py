@@ -266,8 +266,9 @@ def nas_pipeline(
             use, then the chosen and Pareto candidates), all, or none (params and FLOPs only).
         warm_start: auto (earlier runs on the same data and space in this experiment), an
             MLflow run id, or none: their trials become the strategy's prior observations.
-        confirm_best: Train the best architectures once more at the end of the trial budget
-            and choose by the mean: auto (the best 3 from 100 trials on), none, or a count.
+        confirm_best: Trials at the end of the budget that train the leading architectures
+            again (each up to 4 trainings), the choice by the mean: auto (6 % of the
+            budget from 100 trials on), none, or a count.
     """
     parameters = dict(locals())  # this run's parameters (KFP placeholders), by name
     finish = _tracking_task(finish_tracking, parameters)

@@ -56,8 +56,8 @@ class SearchSettings:
     measure_costs: str = "auto"
     #: Stop poor trials early: see :data:`nasflow.search.early_stopping.EARLY_STOPPING`.
     early_stopping: str = "none"
-    #: Train the best architectures again at the end of the budget and pick by their mean:
-    #: ``auto``, ``none`` or a count (see :mod:`nasflow.search.confirmation`).
+    #: Trials at the end of the budget that train the leading architectures again (the pick
+    #: is by their mean): ``auto``, ``none`` or a count (see :mod:`nasflow.search.confirmation`).
     confirm_best: str = DEFAULT_CONFIRM_BEST
     #: Trials of earlier runs as ``(hyperparameter values, score)`` pairs, best first
     #: (warm start, see :mod:`nasflow.search.warm_start`); not trials of this search.

@@ -58,21 +58,30 @@ def _run(oracle, count: int, score=None) -> list[dict]:
 
 
 @pytest.mark.parametrize("strategy", ["tpe", "evolution", "random"])
-def test_the_last_trials_train_the_best_architectures_again_once_each_across_a_resume(tmp_path, strategy):
-    oracle = _oracle(strategy, tmp_path)
+def test_the_last_trials_race_the_leader_to_four_trainings_then_the_next_across_a_resume(tmp_path, strategy):
+    oracle = _oracle(strategy, tmp_path, max_trials=11, confirm=4)
     explored = _run(oracle, 7)
     assert len({json.dumps(v, sort_keys=True) for v in explored}) == 7, "the strategy's own trials are distinct"
-    best_three = sorted(explored, key=_score, reverse=True)[:3]
-    first = _run(oracle, 1)
-    assert first == best_three[:1]
+    best, second = sorted(explored, key=_score, reverse=True)[:2]
+    assert _run(oracle, 1) == [best]
     oracle.save()
-    # A resumed search (state reloaded into a new oracle) confirms the other two, then stops.
-    resumed = _oracle(strategy, tmp_path)
+    # A resumed search (state reloaded into a new oracle) goes on where it was: the leader
+    # holds its (noise-free) mean, so it is trained until it has MAX_OBSERVATIONS = 4
+    # trainings, then the runner-up is trained again; then the budget is spent.
+    resumed = _oracle(strategy, tmp_path, max_trials=11, confirm=4)
     resumed.reload()
-    rest = _run(resumed, 5)
-    assert rest == best_three[1:], "each of the best three once, best first, none twice"
-    assert len(resumed.trials) == 10
+    assert _run(resumed, 5) == [best, best, second]
+    assert len(resumed.trials) == 11
     assert resumed.create_trial("tuner0").status == trial_module.TrialStatus.STOPPED
+
+
+def test_a_leader_whose_mean_falls_behind_gives_the_next_confirmation_to_the_runner_up(tmp_path):
+    oracle = _oracle("random", tmp_path, max_trials=8, confirm=3)
+    first_draws = iter([0.9, 0.8, 0.7, 0.6, 0.5])
+    explored = _run(oracle, 5, lambda values: next(first_draws))
+    # Every retraining scores 0: the leader's mean (0.45) falls behind the runner-up's
+    # draw (0.8), whose mean (0.4) then falls behind the third's (0.7).
+    assert _run(oracle, 3, lambda values: 0.0) == explored[:3]
 
 
 def test_infeasible_trials_are_never_confirmed(tmp_path):
@@ -113,9 +122,10 @@ def test_the_choice_is_by_the_mean_of_an_architectures_trainings():
     assert choose_best(rows[:2]).best_values == lucky
 
 
-def test_confirm_best_auto_confirms_three_from_a_hundred_trials_and_refuses_bad_values():
+def test_confirm_best_auto_spends_six_percent_from_a_hundred_trials_and_refuses_bad_values():
     assert confirmation_count("auto", 99) == 0
-    assert confirmation_count("auto", 100) == 3
+    assert confirmation_count("auto", 100) == 6
+    assert confirmation_count("auto", 200) == 12
     assert confirmation_count("auto", 200, multi_objective=True) == 0, "a Pareto search has no single best"
     assert confirmation_count("none", 200) == 0
     assert confirmation_count("2", 5) == 2
@@ -151,26 +161,30 @@ def test_a_search_confirms_its_best_on_real_training_from_a_new_seed(tmp_path):
         assert document["observations"] == 1 and document["val_accuracy"] == pytest.approx(means["other"])
 
 
-def test_an_architecture_the_strategy_trained_twice_counts_as_confirmed(tmp_path):
-    # Four cells, 7 trials of tpe (which may train the same values twice) and 1 confirmation:
-    # at least three cells were trained twice already; the confirmation goes to one trained once.
+def test_the_trainings_the_strategy_made_count_toward_the_four(tmp_path):
+    # Four cells, 7 trials of tpe (which trains the same values twice at most), then 5
+    # confirmations: the best cell is trained until it has 4 trainings in all, its own
+    # repeats included, and the rest go to the runner-up.
     hp = keras_tuner.HyperParameters()
     hp.Choice("a", [1, 2])
     hp.Choice("b", [1, 2])
     oracle = make_oracle(
         "tpe",
         OracleSettings(objective=keras_tuner.Objective("score", "max"), hyperparameters=hp, seed=5,
-                       max_trials=8, epochs=1),
+                       max_trials=12, epochs=1),
     )  # fmt: skip
-    oracle = add_confirmation(oracle, 1)
+    oracle = add_confirmation(oracle, 5)
     oracle._set_project_dir(str(tmp_path), "p")
     oracle.verbose = 0
 
     def score(values):
         return values["a"] + values["b"] / 10
 
-    explored = [json.dumps(v, sort_keys=True) for v in _run(oracle, 7, score)]
-    assert max(explored.count(cell) for cell in explored) == 2, "tpe trained its favourite twice"
-    (confirmed,) = (json.dumps(v, sort_keys=True) for v in _run(oracle, 1, score))
-    assert explored.count(confirmed) == 1
-    assert list(oracle.nasflow_confirmations) == [max(oracle.trials)]
+    cells = [json.dumps(v, sort_keys=True) for v in _run(oracle, 7, score)]
+    best, second = (json.dumps({"a": 2, "b": b}, sort_keys=True) for b in (2, 1))
+    assert cells.count(best) == 2, "tpe trained its favourite twice"
+    confirmed = [json.dumps(v, sort_keys=True) for v in _run(oracle, 5, score)]
+    assert confirmed == [best] * 2 + [second] * (4 - cells.count(second)) + [json.dumps({"a": 1, "b": 2}, sort_keys=True)] * (
+        5 - 2 - (4 - cells.count(second))
+    )
+    assert sorted(oracle.nasflow_confirmations) == sorted(list(oracle.trials)[7:])
