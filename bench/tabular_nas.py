@@ -15,7 +15,7 @@ search would pick, in accuracy points (0-100), after 50,
 evaluations) use the 200-evaluation runs. The peers pick their best single observation;
 nasflow picks as its search step does, a cell observed more than once by the mean of its
 observations, and runs with its default ``confirm_best="auto"`` (from 100 evaluations the
-last 3 evaluate the best 3 cells again, :mod:`nasflow.search.confirmation`): a budget
+last 6 % race the leading cells to up to 4 observations, :mod:`nasflow.search.confirmation`): a budget
 below 100 is read from the prefix of a 200-evaluation run only where it has no run of its
 own (``--budgets``).
 
@@ -127,12 +127,19 @@ class Tabular:
 
 
 def run_nasflow(
-    bench: Tabular, strategy: str, budget: int, seed: int, scratch: str, max_repeats: int | None = None
+    bench: Tabular,
+    strategy: str,
+    budget: int,
+    seed: int,
+    scratch: str,
+    max_repeats: int | None = None,
+    confirm_best: str = "auto",
 ) -> list[tuple[str, float]]:
     """A nasflow strategy through ``make_oracle`` and Keras Tuner's oracle protocol.
 
     ``max_repeats`` overrides how often an Optuna strategy may train the same cell
-    (``bench/tpe_repeats.py``); None keeps the strategy's own setting.
+    (``bench/tpe_repeats.py``); None keeps the strategy's own setting. ``confirm_best`` is
+    the search step's parameter (``bench/confirmation_rules.py`` searches with ``none``).
     """
     import keras_tuner
     from keras_tuner.engine import trial as trial_module
@@ -153,7 +160,7 @@ def run_nasflow(
     if max_repeats is not None:
         oracle.max_repeats = max_repeats
     # The pipeline's default: the end of a large budget confirms the best few (nasflow.search.confirmation).
-    oracle = add_confirmation(oracle, confirmation_count("auto", budget))
+    oracle = add_confirmation(oracle, confirmation_count(confirm_best, budget))
     oracle._set_project_dir(scratch, f"{strategy}_{budget}_{seed}")
     oracle.verbose = 0
     history: list[tuple[str, float]] = []
@@ -217,10 +224,16 @@ def regret_curve(bench: Tabular, history: list[tuple[str, float]], by_mean: bool
 
 
 def search(
-    benchmark: str, strategy: str, budget: int, seed: int, scratch_root: str | None, max_repeats: int | None = None
+    benchmark: str,
+    strategy: str,
+    budget: int,
+    seed: int,
+    scratch_root: str | None,
+    max_repeats: int | None = None,
+    confirm_best: str = "auto",
 ) -> tuple[list[tuple[str, float]], list[float]]:
     """One search on a (cached) table: its ``(cell, observed)`` history and regret curve."""
-    bench = _BENCH_CACHE.get(benchmark) or _BENCH_CACHE.setdefault(benchmark, Tabular(benchmark))
+    bench = cached(benchmark)
     # The table's RNG draws the training seed of each query: seeded per search seed.
     bench.table.reseed(seed)
     if strategy in PEERS:
@@ -228,7 +241,9 @@ def search(
     else:
         scratch = tempfile.mkdtemp(dir=scratch_root)
         try:
-            history = run_nasflow(bench, strategy, budget, seed, scratch, max_repeats=max_repeats)
+            history = run_nasflow(
+                bench, strategy, budget, seed, scratch, max_repeats=max_repeats, confirm_best=confirm_best
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return history, regret_curve(bench, history, by_mean=strategy not in PEERS)
@@ -252,6 +267,11 @@ def one_task(task: tuple[str, str, int, int], scratch_root: str) -> dict:
 
 
 _BENCH_CACHE: dict[str, Tabular] = {}
+
+
+def cached(benchmark: str) -> Tabular:
+    """The benchmark's tables, loaded once per process."""
+    return _BENCH_CACHE.get(benchmark) or _BENCH_CACHE.setdefault(benchmark, Tabular(benchmark))
 
 
 # --------------------------------------------------------------------------- report
@@ -355,8 +375,8 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
         "validation accuracy of the cell the search picks, in accuracy points; mean ± sd over search",
         "seeds. The peers pick their best single noisy observation; nasflow picks as its search step",
         "does (a cell observed more than once by the mean of its observations) and runs with its",
-        "default `confirm_best=auto` (from 100 evaluations, the last 3 evaluate the best 3 cells",
-        "again). nasflow strategies run through `make_oracle` and Keras Tuner's oracle protocol with",
+        "default `confirm_best=auto` (from 100 evaluations, the last 6 % evaluate the leading cells",
+        "again, each up to 4 observations). nasflow strategies run through `make_oracle` and Keras Tuner's oracle protocol with",
         "`max_trials` = the budget; Optuna peers use their default samplers. Lower is better;",
         "**bold** = lowest mean of the row's budget.",
         "",
