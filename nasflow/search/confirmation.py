@@ -21,7 +21,9 @@ ImageNet16-120 from 0.33 points (the best 3 confirmed once each, the rule before
 0.25 (none: 0.36) and was lower than the rule before on 7 of the 8 HPOBench tables; at
 100 evaluations the rules were within noise of each other (lower on 5 of 11 tables); at
 50 any confirmation cost more exploration than it gained. Hence ``auto``:
-:data:`AUTO_SHARE` of the budget from :data:`AUTO_MIN_TRIALS` trials on, none below.
+:data:`AUTO_SHARE` of the budget from :data:`AUTO_MIN_TRIALS` trials on, none below. Under a wall-clock budget
+(``max_search_minutes``) the last slots are the trials the time left holds at the rate
+trials have ended so far, and ``auto`` is its share of the trials the time allows.
 
 The wrapper (:func:`add_confirmation`) works with any strategy's oracle, in the process
 that owns it (the chief of a distributed search). Which trials were confirmations is part
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,13 +102,35 @@ class _ConfirmingOracle:
         logger.info("confirmation: trial %s trains the architecture of trial %s again", trial_id, confirmed.trial_id)
         return {"status": "RUNNING", "values": _space_values(confirmed.hyperparameters.values)}
 
+    def _slots_left(self) -> tuple[float, float]:
+        """``(trials still to start, trials the whole search will have run)``, as far as known.
+
+        By the trial budget and, under a wall-clock budget, by the rate at which trials have
+        ended so far (every attempt's time and trials, every worker's trials): a search that
+        ``max_search_minutes`` ends before ``max_trials`` still spends its last trials on
+        confirmation.
+        """
+        # Early stopping funds more trials as it prunes: its budget, not the id-width ceiling.
+        budget = getattr(self, "nasflow_trial_budget", None) or self.max_trials or math.inf
+        left, total = budget - len(self.trials), budget
+        time_budget_s = getattr(self, "nasflow_time_budget_s", None)
+        if time_budget_s and hasattr(self, "search_elapsed_s"):
+            elapsed = self.search_elapsed_s()
+            ended = sum(str(trial.status) != "RUNNING" for trial in self.trials.values())
+            if ended and elapsed > 0:
+                by_time = max(0.0, time_budget_s - elapsed) * ended / elapsed
+                left, total = min(left, by_time), min(total, len(self.trials) + by_time)
+        return left, total
+
     def _next_to_confirm(self):
         """The leading trial to train again once the last slots come (see the module's docstring)."""
-        if len(self.nasflow_confirmations) >= self.nasflow_confirm:
-            return None
-        # Early stopping funds more trials as it prunes: its budget, not the id-width ceiling.
-        budget = getattr(self, "nasflow_trial_budget", None) or self.max_trials
-        if not budget or len(self.trials) < budget - self.nasflow_confirm:
+        left, total = self._slots_left()
+        planned = self.nasflow_confirm
+        if getattr(self, "nasflow_confirm_auto", False) and math.isfinite(total):
+            # auto's share of what the search will run, which a wall-clock budget may cut short.
+            planned = min(planned, confirmation_count("auto", int(total)))
+        to_make = planned - len(self.nasflow_confirmations)
+        if to_make < 1 or left > to_make:
             return None
         draws: dict[tuple, list] = {}
         for trial in self.trials.values():
@@ -146,7 +171,7 @@ def _space_values(values: Mapping[str, Any]) -> dict:
 _CLASSES: dict[type, type] = {}
 
 
-def add_confirmation(oracle, count: int):
+def add_confirmation(oracle, count: int, time_budget_s: float | None = None, auto: bool = False):
     """Make ``oracle``'s last ``count`` trials train its leading architectures again.
 
     Hyperband is left as it is: its brackets decide every trial, and already train the
@@ -156,6 +181,11 @@ def add_confirmation(oracle, count: int):
         oracle: The strategy's oracle (in the process that owns it).
         count: Confirmation trials (from :func:`confirmation_count`); 0 leaves the oracle
             as it is.
+        time_budget_s: The search's wall-clock budget (``max_search_minutes``), if any: the
+            last trials it leaves time for are confirmations. Needs the crash-safe oracle's
+            search clock (:func:`nasflow.search.state.make_crash_safe`, applied after).
+        auto: ``confirm_best`` was ``auto``: under a wall-clock budget, ``count`` shrinks to
+            auto's share of the trials the budget leaves time for.
 
     Returns:
         The same oracle object.
@@ -170,4 +200,6 @@ def add_confirmation(oracle, count: int):
     oracle.__class__ = _CLASSES[base]
     oracle.nasflow_confirm = int(count)
     oracle.nasflow_confirmations = {}
+    oracle.nasflow_time_budget_s = time_budget_s or None
+    oracle.nasflow_confirm_auto = bool(auto)
     return oracle

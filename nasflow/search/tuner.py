@@ -199,7 +199,10 @@ def _make_search_oracle(space, settings: SearchSettings, objective, hyperparamet
     oracle = add_reevaluation(oracle, priors, reevaluation_count(settings.max_trials))
     # Before early stopping: the confirmations take the last slots of the budget it funds.
     oracle = add_confirmation(
-        oracle, confirmation_count(settings.confirm_best, settings.max_trials, multi_objective=objective.mode == "pareto")
+        oracle,
+        confirmation_count(settings.confirm_best, settings.max_trials, multi_objective=objective.mode == "pareto"),
+        time_budget_s=settings.max_search_minutes * 60,
+        auto=str(settings.confirm_best).strip().lower() == "auto",
     )
     oracle = add_early_stopping(oracle, make_pruner(settings.early_stopping), settings.epochs)
     # Atomic state files and a budget that counts every attempt (nasflow.search.state).

@@ -23,7 +23,7 @@ from nasflow.steps.search import search_step
 TINY_SPACE = "bench/spaces/tiny_cnn.yaml"
 
 
-def _oracle(strategy: str, directory, max_trials: int = 10, confirm: int = 3):
+def _oracle(strategy: str, directory, max_trials: int = 10, confirm: int = 3, **confirmation):
     hp = keras_tuner.HyperParameters()
     for name in ("a", "b", "c", "d"):
         hp.Choice(name, [1, 2, 3, 4, 5])
@@ -32,7 +32,7 @@ def _oracle(strategy: str, directory, max_trials: int = 10, confirm: int = 3):
         OracleSettings(objective=keras_tuner.Objective("score", "max"), hyperparameters=hp, seed=5,
                        max_trials=max_trials, epochs=1),
     )  # fmt: skip
-    oracle = make_crash_safe(add_confirmation(oracle, confirm))
+    oracle = make_crash_safe(add_confirmation(oracle, confirm, **confirmation))
     oracle._set_project_dir(str(directory), "p")
     oracle.verbose = 0
     return oracle
@@ -82,6 +82,41 @@ def test_a_leader_whose_mean_falls_behind_gives_the_next_confirmation_to_the_run
     # Every retraining scores 0: the leader's mean (0.45) falls behind the runner-up's
     # draw (0.8), whose mean (0.4) then falls behind the third's (0.7).
     assert _run(oracle, 3, lambda values: 0.0) == explored[:3]
+
+
+def _run_on_a_clock(oracle, seconds_per_trial: float) -> list[bool]:
+    """Trials ending every ``seconds_per_trial`` of search time; which were confirmations."""
+    ended = 0
+    # The search clock (the crash-safe oracle's, every attempt's time) is this test's input.
+    oracle.search_elapsed_s = lambda: ended * seconds_per_trial
+    confirmations = []
+    while True:
+        trial = oracle.create_trial("tuner0")
+        if trial.status != trial_module.TrialStatus.RUNNING:
+            return confirmations
+        confirmations.append(trial.trial_id in oracle.nasflow_confirmations)
+        oracle.update_trial(trial.trial_id, {"score": _score(trial.hyperparameters.values)})
+        trial.status = trial_module.TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+        ended += 1
+        if ended * seconds_per_trial >= 100:  # the budget is used up: the tuner starts no more
+            return confirmations
+
+
+def test_a_wall_clock_budget_leaves_its_last_trials_to_confirmation(tmp_path):
+    # max_trials (50) is far off: the 100 s budget ends the search after 10 trials of 10 s,
+    # and the confirmations take the last two the time left holds.
+    oracle = _oracle("random", tmp_path, max_trials=50, confirm=2, time_budget_s=100)
+    assert _run_on_a_clock(oracle, 10.0) == [False] * 8 + [True, True]
+
+
+def test_auto_under_a_wall_clock_budget_confirms_its_share_of_the_trials_the_time_allows(tmp_path):
+    # auto's count for max_trials 200 is 12; 100 s at 0.625 s a trial allow 160: 6 % is 10.
+    oracle = _oracle("random", tmp_path, max_trials=200, confirm=12, time_budget_s=100, auto=True)
+    assert _run_on_a_clock(oracle, 0.625) == [False] * 150 + [True] * 10
+    # At 2 s a trial the budget allows 50, below auto's 100: no confirmation.
+    oracle = _oracle("random", tmp_path / "short", max_trials=200, confirm=12, time_budget_s=100, auto=True)
+    assert _run_on_a_clock(oracle, 2.0) == [False] * 50
 
 
 def test_infeasible_trials_are_never_confirmed(tmp_path):
@@ -188,3 +223,19 @@ def test_the_trainings_the_strategy_made_count_toward_the_four(tmp_path):
         5 - 2 - (4 - cells.count(second))
     )
     assert sorted(oracle.nasflow_confirmations) == sorted(list(oracle.trials)[7:])
+
+
+def test_the_search_gives_confirmation_its_wall_clock_budget():
+    from nasflow.search.objectives import ObjectiveConfig
+    from nasflow.search.tuner import _make_search_oracle
+    from nasflow.spaces.schema import load_search_space
+
+    space = load_search_space(TINY_SPACE)
+    hp = keras_tuner.HyperParameters()
+    space.declare(hp)
+    settings = SearchSettings(max_trials=200, max_search_minutes=5)
+    oracle = _make_search_oracle(space, settings, ObjectiveConfig(), hp, [], context=None)
+    assert (oracle.nasflow_confirm, oracle.nasflow_time_budget_s, oracle.nasflow_confirm_auto) == (12, 300, True)
+    assert hasattr(oracle, "search_elapsed_s"), "the crash-safe clock the budget is read from"
+    oracle = _make_search_oracle(space, SearchSettings(max_trials=200, confirm_best="3"), ObjectiveConfig(), hp, [], None)
+    assert (oracle.nasflow_confirm, oracle.nasflow_time_budget_s, oracle.nasflow_confirm_auto) == (3, None, False)
