@@ -109,7 +109,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
             options.update(nargs="+", metavar="VALUE", default=list(parameter.default))
         else:
             options["type"] = parameter.kind
-        group.add_argument(*flags, help=f"{help_text} (default: %(default)s)", **options)
+        # argparse %-formats help strings: a docstring's own "%" (e.g. "6 % of") is literal.
+        group.add_argument(*flags, help=f"{help_text.replace('%', '%%')} (default: %(default)s)", **options)
 
 
 def pipeline_parameter_names() -> list[str]:
