@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 # Default budget of `make run`: a few minutes on 2 CPU cores.
 DATASET     ?= mnist-5k
-STRATEGY    ?= tpe
+STRATEGY    ?=# empty: the CLI's default strategy (nasflow.search.settings.DEFAULT_STRATEGY)
 MAX_TRIALS  ?= 20
 EPOCHS      ?= 3
 TRAIN_EPOCHS ?= 10
@@ -30,7 +30,7 @@ system-deps:
 	@scripts/ensure_debian_packages.sh dot:graphviz
 
 run: $(STAMP) system-deps
-	$(BIN)/nasflow run --dataset $(DATASET) --strategy $(STRATEGY) --max-trials $(MAX_TRIALS) \
+	$(BIN)/nasflow run --dataset $(DATASET) $(if $(STRATEGY),--strategy $(STRATEGY)) --max-trials $(MAX_TRIALS) \
 		--epochs $(EPOCHS) --train-epochs $(TRAIN_EPOCHS) --seed $(SEED) --compression-variants $(VARIANTS)
 
 # checkov cannot share a venv with our pins (it needs packaging<24, pytest 9 needs >=24),
