@@ -21,7 +21,7 @@ Rules:
 
 Usage::
 
-    python bench/confirmation_rules.py --processes 2   # searches (cached in the .jsonl), then the report
+    python bench/confirmation_rules.py --processes 2   # searches (cached in the .jsonl.gz), then the report
     python bench/confirmation_rules.py --report-only
 """
 
@@ -42,7 +42,8 @@ import tabular_nas  # noqa: E402
 
 TUNING_SEEDS = range(100, 120)
 BUDGET = 200
-BUDGETS = (50, 100, 200)
+#: At 50 every rule measured cost more than it gained (auto confirms none below 100).
+BUDGETS = (100, 200)
 CONFIRMATION_DRAWS = 5
 #: (label, K as a share of the budget or a count, rule, M)
 RULES = (
@@ -68,24 +69,21 @@ def _params(bench: tabular_nas.Tabular, key: str) -> dict:
 
 
 def _race_pick(history: list[tuple[str, float]], confirmations: dict[str, str], max_observations: int):
-    """nasflow's own choice of the next confirmation, on the history as oracle trials."""
-    from nasflow.search import confirmation
+    """nasflow's own choice of the next confirmation (``_next_to_confirm``), on the history as trials."""
+    from nasflow.search.confirmation import _ConfirmingOracle
 
-    trials = {
+    oracle = _ConfirmingOracle()
+    oracle.trials = {
         str(number): types.SimpleNamespace(
             trial_id=str(number), hyperparameters=types.SimpleNamespace(values={"cell": key}),
             status="COMPLETED", score=observed,
         )  # fmt: skip
         for number, (key, observed) in enumerate(history)
     }
-    oracle = types.SimpleNamespace(
-        trials=trials, nasflow_confirmations=confirmations, nasflow_confirm=len(confirmations) + 1, max_trials=len(trials) + 1
-    )
-    saved, confirmation.MAX_OBSERVATIONS = confirmation.MAX_OBSERVATIONS, max_observations
-    try:
-        chosen = confirmation._ConfirmingOracle._next_to_confirm(oracle)
-    finally:
-        confirmation.MAX_OBSERVATIONS = saved
+    # One slot left in the trial budget and one confirmation still to make: the next trial confirms.
+    oracle.max_trials, oracle.nasflow_confirm = len(history) + 1, len(confirmations) + 1
+    oracle.nasflow_confirmations, oracle.nasflow_max_observations = confirmations, max_observations
+    chosen = oracle._next_to_confirm()
     return None if chosen is None else chosen.hyperparameters.values["cell"]
 
 
@@ -122,8 +120,6 @@ def evaluate(rows: list[dict]) -> dict:
         for budget in BUDGETS:
             for label, share, rule, max_observations in RULES:
                 count = round(share * budget) if isinstance(share, float) else share
-                if budget < 100 and rule != "none":
-                    continue  # at 50 every rule measured costs more than it gains; auto confirms none
                 regrets = []
                 for draw in range(CONFIRMATION_DRAWS):
                     bench.table.reseed(row["seed"] * 1000 + budget * 10 + draw)
@@ -170,20 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--report-only", action="store_true", help="evaluate the searches already in the .jsonl")
+    parser.add_argument("--report-only", action="store_true", help="evaluate the searches already in the .jsonl.gz")
     args = parser.parse_args(argv)
-    raw = args.out / "confirmation_rules.jsonl"
-    rows = [json.loads(line) for line in raw.open()] if raw.exists() else []
+    raw = args.out / "confirmation_rules.jsonl.gz"
+    rows = tabular_nas.read_jsonl(raw)
     if not args.report_only:
         done = {(row["benchmark"], row["seed"]) for row in rows}
         tasks = [(b, s) for b in tabular_nas.BENCHMARKS for s in TUNING_SEEDS if (b, s) not in done]
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(args.processes) as pool, raw.open("a") as handle:
-            for row in pool.imap_unordered(_search, tasks):
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
-                rows.append(row)
+        with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
+            rows += tabular_nas.append_jsonl(raw, pool.imap_unordered(_search, tasks))
     write_report(evaluate(rows), args.out / "confirmation_rules")
     print((args.out / "confirmation_rules.md").read_text())
     return 0

@@ -28,12 +28,13 @@ Usage::
 
     python bench/tabular_nas.py --seeds 20 --out bench/results            # the full run
     python bench/tabular_nas.py --seeds 3 --benchmarks nb201/cifar10 --strategies tpe optuna_tpe
-    python bench/tabular_nas.py --report-only --out bench/results         # tables + plot from the .jsonl
+    python bench/tabular_nas.py --report-only --out bench/results         # tables + plot from the .jsonl.gz
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -42,7 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -144,7 +145,7 @@ def run_nasflow(
     import keras_tuner
     from keras_tuner.engine import trial as trial_module
 
-    from nasflow.search.confirmation import add_confirmation, confirmation_count
+    from nasflow.search.confirmation import add_confirmation
     from nasflow.search.strategies import OracleSettings, make_oracle
 
     oracle = make_oracle(
@@ -160,7 +161,7 @@ def run_nasflow(
     if max_repeats is not None:
         oracle.max_repeats = max_repeats
     # The pipeline's default: the end of a large budget confirms the best few (nasflow.search.confirmation).
-    oracle = add_confirmation(oracle, confirmation_count(confirm_best, budget))
+    oracle = add_confirmation(oracle, confirm_best, budget)
     oracle._set_project_dir(scratch, f"{strategy}_{budget}_{seed}")
     oracle.verbose = 0
     history: list[tuple[str, float]] = []
@@ -277,15 +278,30 @@ def cached(benchmark: str) -> Tabular:
 # --------------------------------------------------------------------------- report
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a gzipped results ``.jsonl.gz`` (raw runs, curves included), none if absent."""
+    if not path.exists():
+        return []
+    with gzip.open(path, "rt") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def append_jsonl(path: Path, rows) -> Iterator[dict]:
+    """Append each row of ``rows`` to ``path`` as it arrives (a gzip member per run), yielding it.
+
+    The raw results keep every search's regret curve: gzipped they stay a few hundred KB in
+    the repository instead of megabytes. A run cut short keeps what it wrote.
+    """
+    with gzip.open(path, "at") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            yield row
+
+
 def load_rows(path: Path, key: tuple[str, ...] = ("benchmark", "strategy", "budget", "seed")) -> list[dict]:
-    """The rows of a results .jsonl, the last of each ``key`` (a rerun replaces a row)."""
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[tuple(row[field] for field in key)] = row
-    return list(rows.values())
+    """The rows of a results .jsonl.gz, the last of each ``key`` (a rerun replaces a row)."""
+    return list({tuple(row[field] for field in key): row for row in read_jsonl(path)}.values())
 
 
 def regret_at(rows: list[dict], benchmark: str, strategy: str, budget: int) -> list[float]:
@@ -498,12 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument(
-        "--report-only", action="store_true", help="rebuild the report from tabular_nas.jsonl"
+        "--report-only", action="store_true", help="rebuild the report from tabular_nas.jsonl.gz"
     )
     parser.add_argument("--note", default="", help="a line for the report (what was left out and why)")
     args = parser.parse_args(argv)
 
-    raw = args.out / "tabular_nas.jsonl"
+    raw = args.out / "tabular_nas.jsonl.gz"
     if not args.report_only:
         args.out.mkdir(parents=True, exist_ok=True)
         done = {(r["benchmark"], r["strategy"], r["budget"], r["seed"]) for r in load_rows(raw)}
@@ -546,15 +562,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _append(results, raw: Path, total: int) -> None:
-    with raw.open("a") as handle:
-        for count, row in enumerate(results, 1):
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            if count % 20 == 0 or count == total:
-                print(
-                    f"{count}/{total} {row['benchmark']} {row['strategy']} {row['budget']} regret {row['regret']:.3f} ({row['seconds']} s)",
-                    file=sys.stderr,
-                )
+    for count, row in enumerate(append_jsonl(raw, results), 1):
+        if count % 20 == 0 or count == total:
+            print(
+                f"{count}/{total} {row['benchmark']} {row['strategy']} {row['budget']} regret {row['regret']:.3f} ({row['seconds']} s)",
+                file=sys.stderr,
+            )
 
 
 def _has_torch() -> bool:

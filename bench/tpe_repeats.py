@@ -15,7 +15,7 @@ protocol, confirmation on as by default) on NAS-Bench-201 and the 8 HPOBench tab
 
 Regret after 50 / 100 / 200 evaluations (50: the prefix of the 200-evaluation run), mean
 over the seeds, in accuracy points; and per variant the mean over the 3 budgets of the
-ratio to Optuna TPE's regret. Results: ``bench/results/tpe_repeats.{jsonl,json,md}``.
+ratio to Optuna TPE's regret. Results: ``bench/results/tpe_repeats.{jsonl.gz,json,md}``.
 
 Usage::
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--benchmarks", nargs="+", default=list(tabular_nas.BENCHMARKS))
     args = parser.parse_args(argv)
-    raw = args.out / "tpe_repeats.jsonl"
+    raw = args.out / "tpe_repeats.jsonl.gz"
     if not args.report_only:
         args.out.mkdir(parents=True, exist_ok=True)
         done = {(r["variant"], r["benchmark"], r["budget"], r["seed"]) for r in load_rows(raw)}
@@ -194,10 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(tasks)} searches to run", file=sys.stderr)
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(args.processes) as pool, raw.open("a") as handle:
-            for count, row in enumerate(pool.imap_unordered(one_task, tasks), 1):
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
+        with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
+            for count, _row in enumerate(tabular_nas.append_jsonl(raw, pool.imap_unordered(one_task, tasks)), 1):
                 if count % 50 == 0:
                     print(f"{count}/{len(tasks)}", file=sys.stderr)
     write_report(summarize(load_rows(raw)), args.out)

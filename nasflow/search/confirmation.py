@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,7 +69,7 @@ def confirmation_count(confirm_best: str, max_trials: int, multi_objective: bool
     Raises:
         SearchError: Neither ``auto``, ``none`` nor a count that leaves the strategy a trial.
     """
-    text = str(confirm_best).strip().lower()
+    text = _normalized(confirm_best)
     if text == "auto":
         return round(AUTO_SHARE * max_trials) if max_trials >= AUTO_MIN_TRIALS and not multi_objective else 0
     if text in ("none", "0"):
@@ -83,6 +84,10 @@ def confirmation_count(confirm_best: str, max_trials: int, multi_objective: bool
     return count
 
 
+def _normalized(confirm_best: str) -> str:
+    return str(confirm_best).strip().lower()
+
+
 def architecture_key(values: Mapping[str, Any]) -> tuple:
     """What identifies an architecture among trial values: every value but Keras Tuner's ``tuner/*`` keys."""
     return tuple(sorted((name, repr(value)) for name, value in values.items() if not str(name).startswith("tuner/")))
@@ -93,6 +98,10 @@ class _ConfirmingOracle:
 
     nasflow_confirm: int
     nasflow_confirmations: dict[str, str]
+    #: ``confirm_best`` was ``auto``: under a wall-clock budget it is auto's share of the trials the time allows.
+    nasflow_confirm_auto = False
+    nasflow_max_observations = MAX_OBSERVATIONS
+    nasflow_time_budget_s: float | None = None
 
     def populate_space(self, trial_id):
         confirmed = self._next_to_confirm()
@@ -113,7 +122,7 @@ class _ConfirmingOracle:
         # Early stopping funds more trials as it prunes: its budget, not the id-width ceiling.
         budget = getattr(self, "nasflow_trial_budget", None) or self.max_trials or math.inf
         left, total = budget - len(self.trials), budget
-        time_budget_s = getattr(self, "nasflow_time_budget_s", None)
+        time_budget_s = self.nasflow_time_budget_s
         if time_budget_s and hasattr(self, "search_elapsed_s"):
             elapsed = self.search_elapsed_s()
             ended = sum(str(trial.status) != "RUNNING" for trial in self.trials.values())
@@ -126,7 +135,7 @@ class _ConfirmingOracle:
         """The leading trial to train again once the last slots come (see the module's docstring)."""
         left, total = self._slots_left()
         planned = self.nasflow_confirm
-        if getattr(self, "nasflow_confirm_auto", False) and math.isfinite(total):
+        if self.nasflow_confirm_auto and math.isfinite(total):
             # auto's share of what the search will run, which a wall-clock budget may cut short.
             planned = min(planned, confirmation_count("auto", int(total)))
         to_make = planned - len(self.nasflow_confirmations)
@@ -145,7 +154,7 @@ class _ConfirmingOracle:
         )
         leaders = sorted(draws.items(), key=lambda item: _mean_score(item[1]), reverse=True)
         for key, trials in leaders:
-            if len(trials) + running[key] < MAX_OBSERVATIONS:
+            if len(trials) + running[key] < self.nasflow_max_observations:
                 return trials[0]
         return None
 
@@ -160,7 +169,7 @@ class _ConfirmingOracle:
 
 
 def _mean_score(trials) -> float:
-    return sum(trial.score for trial in trials) / len(trials)
+    return statistics.fmean(trial.score for trial in trials)
 
 
 def _space_values(values: Mapping[str, Any]) -> dict:
@@ -171,27 +180,31 @@ def _space_values(values: Mapping[str, Any]) -> dict:
 _CLASSES: dict[type, type] = {}
 
 
-def add_confirmation(oracle, count: int, time_budget_s: float | None = None, auto: bool = False):
-    """Make ``oracle``'s last ``count`` trials train its leading architectures again.
+def add_confirmation(
+    oracle, confirm_best: str, max_trials: int, multi_objective: bool = False, time_budget_s: float | None = None
+):
+    """Make ``oracle``'s last trials train its leading architectures again.
 
     Hyperband is left as it is: its brackets decide every trial, and already train the
     best candidates longer.
 
     Args:
         oracle: The strategy's oracle (in the process that owns it).
-        count: Confirmation trials (from :func:`confirmation_count`); 0 leaves the oracle
-            as it is.
+        confirm_best: ``auto``, ``none`` or a count of trials (:func:`confirmation_count`,
+            with ``max_trials`` and ``multi_objective``); none leaves the oracle as it is.
+        max_trials: The trial budget.
+        multi_objective: A Pareto search (``auto`` confirms none).
         time_budget_s: The search's wall-clock budget (``max_search_minutes``), if any: the
-            last trials it leaves time for are confirmations. Needs the crash-safe oracle's
-            search clock (:func:`nasflow.search.state.make_crash_safe`, applied after).
-        auto: ``confirm_best`` was ``auto``: under a wall-clock budget, ``count`` shrinks to
-            auto's share of the trials the budget leaves time for.
+            last trials it leaves time for are confirmations, and ``auto`` is its share of
+            the trials the time allows. Needs the crash-safe oracle's search clock
+            (:func:`nasflow.search.state.make_crash_safe`, applied after).
 
     Returns:
         The same oracle object.
     """
     import keras_tuner
 
+    count = confirmation_count(confirm_best, max_trials, multi_objective=multi_objective)
     if count < 1 or isinstance(oracle, keras_tuner.oracles.HyperbandOracle):
         return oracle
     base = type(oracle)
@@ -201,5 +214,5 @@ def add_confirmation(oracle, count: int, time_budget_s: float | None = None, aut
     oracle.nasflow_confirm = int(count)
     oracle.nasflow_confirmations = {}
     oracle.nasflow_time_budget_s = time_budget_s or None
-    oracle.nasflow_confirm_auto = bool(auto)
+    oracle.nasflow_confirm_auto = _normalized(confirm_best) == "auto"
     return oracle

@@ -175,7 +175,7 @@ def _make_search_oracle(space, settings: SearchSettings, objective, hyperparamet
     """
     import keras_tuner
 
-    from nasflow.search.confirmation import add_confirmation, confirmation_count
+    from nasflow.search.confirmation import add_confirmation
     from nasflow.search.costs import cheap_constraint_check
     from nasflow.search.early_stopping import add_early_stopping, make_pruner
     from nasflow.search.warm_start import add_reevaluation, reevaluation_count, space_values_only
@@ -200,9 +200,10 @@ def _make_search_oracle(space, settings: SearchSettings, objective, hyperparamet
     # Before early stopping: the confirmations take the last slots of the budget it funds.
     oracle = add_confirmation(
         oracle,
-        confirmation_count(settings.confirm_best, settings.max_trials, multi_objective=objective.mode == "pareto"),
+        settings.confirm_best,
+        settings.max_trials,
+        multi_objective=objective.mode == "pareto",
         time_budget_s=settings.max_search_minutes * 60,
-        auto=str(settings.confirm_best).strip().lower() == "auto",
     )
     oracle = add_early_stopping(oracle, make_pruner(settings.early_stopping), settings.epochs)
     # Atomic state files and a budget that counts every attempt (nasflow.search.state).

@@ -23,7 +23,7 @@ from nasflow.steps.search import search_step
 TINY_SPACE = "bench/spaces/tiny_cnn.yaml"
 
 
-def _oracle(strategy: str, directory, max_trials: int = 10, confirm: int = 3, **confirmation):
+def _oracle(strategy: str, directory, max_trials: int = 10, confirm: int | str = 3, time_budget_s=None):
     hp = keras_tuner.HyperParameters()
     for name in ("a", "b", "c", "d"):
         hp.Choice(name, [1, 2, 3, 4, 5])
@@ -32,7 +32,7 @@ def _oracle(strategy: str, directory, max_trials: int = 10, confirm: int = 3, **
         OracleSettings(objective=keras_tuner.Objective("score", "max"), hyperparameters=hp, seed=5,
                        max_trials=max_trials, epochs=1),
     )  # fmt: skip
-    oracle = make_crash_safe(add_confirmation(oracle, confirm, **confirmation))
+    oracle = make_crash_safe(add_confirmation(oracle, str(confirm), max_trials, time_budget_s=time_budget_s))
     oracle._set_project_dir(str(directory), "p")
     oracle.verbose = 0
     return oracle
@@ -79,9 +79,11 @@ def test_a_leader_whose_mean_falls_behind_gives_the_next_confirmation_to_the_run
     oracle = _oracle("random", tmp_path, max_trials=8, confirm=3)
     first_draws = iter([0.9, 0.8, 0.7, 0.6, 0.5])
     explored = _run(oracle, 5, lambda values: next(first_draws))
-    # Every retraining scores 0: the leader's mean (0.45) falls behind the runner-up's
-    # draw (0.8), whose mean (0.4) then falls behind the third's (0.7).
-    assert _run(oracle, 3, lambda values: 0.0) == explored[:3]
+    retrainings = iter([0.85, 0.0, 0.0])
+    # The leader's first retraining (0.85) keeps its mean (0.875) ahead of the runner-up's
+    # draw (0.8), so it is trained a third time; that one (0.0) drops its mean to 0.58 and
+    # the runner-up is trained next.
+    assert _run(oracle, 3, lambda values: next(retrainings)) == [explored[0], explored[0], explored[1]]
 
 
 def _run_on_a_clock(oracle, seconds_per_trial: float) -> list[bool]:
@@ -112,10 +114,11 @@ def test_a_wall_clock_budget_leaves_its_last_trials_to_confirmation(tmp_path):
 
 def test_auto_under_a_wall_clock_budget_confirms_its_share_of_the_trials_the_time_allows(tmp_path):
     # auto's count for max_trials 200 is 12; 100 s at 0.625 s a trial allow 160: 6 % is 10.
-    oracle = _oracle("random", tmp_path, max_trials=200, confirm=12, time_budget_s=100, auto=True)
+    oracle = _oracle("random", tmp_path, max_trials=200, confirm="auto", time_budget_s=100)
+    assert oracle.nasflow_confirm == 12
     assert _run_on_a_clock(oracle, 0.625) == [False] * 150 + [True] * 10
     # At 2 s a trial the budget allows 50, below auto's 100: no confirmation.
-    oracle = _oracle("random", tmp_path / "short", max_trials=200, confirm=12, time_budget_s=100, auto=True)
+    oracle = _oracle("random", tmp_path / "short", max_trials=200, confirm="auto", time_budget_s=100)
     assert _run_on_a_clock(oracle, 2.0) == [False] * 50
 
 
@@ -208,7 +211,7 @@ def test_the_trainings_the_strategy_made_count_toward_the_four(tmp_path):
         OracleSettings(objective=keras_tuner.Objective("score", "max"), hyperparameters=hp, seed=5,
                        max_trials=12, epochs=1),
     )  # fmt: skip
-    oracle = add_confirmation(oracle, 5)
+    oracle = add_confirmation(oracle, "5", 12)
     oracle._set_project_dir(str(tmp_path), "p")
     oracle.verbose = 0
 
