@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 # Default budget of `make run`: a few minutes on 2 CPU cores.
 DATASET     ?= mnist-5k
-STRATEGY    ?=# empty: the CLI's default strategy (nasflow.search.settings.DEFAULT_STRATEGY)
+# Empty: the CLI's default strategy (nasflow.search.settings.DEFAULT_STRATEGY).
+STRATEGY    ?=
 MAX_TRIALS  ?= 20
 EPOCHS      ?= 3
 TRAIN_EPOCHS ?= 10
