@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
-from podman_support import IMAGE_UID, RUN_ID, inspect, run_container
+from podman_support import IMAGE_UID, RUN_ID, inspect, podman, run_container
+
+REPO = Path(__file__).resolve().parents[2]
+#: What .dockerignore lets into the build context.
+CONTEXT_FILES = ("setup.cfg", "pyproject.toml", "README.md")
+CONTEXT_FOLDERS = ("nasflow", "components", "pipelines", "search_spaces")
 
 PROBE = (
     "import json, os, sys, tensorflow as tf, keras_tuner, kfp, mlflow, nasflow; "
@@ -55,3 +62,53 @@ def test_gpu_image_has_tensorflow_built_with_cuda(gpu_image):
     names = {item["name"].lower() for item in json.loads(packages)}
     assert "tensorflow" in names and "tensorflow-cpu" not in names
     assert any(name.startswith("nvidia-cudnn") for name in names)
+
+
+def _layers(image: str) -> list[tuple[str, int]]:
+    """``(layer digest, bytes)`` of the image's filesystem layers, the base first.
+
+    ``RootFS.Layers`` names them; ``podman history`` (newest first) sizes them, and its
+    entries of size 0 are instructions that add no layer (ENV, USER, CMD...).
+    """
+    digests = json.loads(podman("image", "inspect", "--format", "{{json .RootFS.Layers}}", image))
+    history = json.loads(podman("history", "--no-trunc", "--format", "json", image))
+    sizes = [int(entry["size"]) for entry in reversed(history) if int(entry["size"]) > 0]
+    assert len(sizes) == len(digests), (digests, history)
+    return list(zip(digests, sizes, strict=True))
+
+
+def test_a_change_to_nasflow_code_rebuilds_only_a_small_layer(cpu_image, tmp_path):
+    """Rebuilding docker/Dockerfile after a code change reuses the dependency layer.
+
+    The build context of the tier's image plus one new module: every layer up to and
+    including the venv's dependencies (gigabytes) must come from the cache, and the
+    layers that differ must hold only nasflow (a few MB), which the new image imports.
+    """
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in CONTEXT_FILES:
+        shutil.copy2(REPO / name, context / name)
+    for name in CONTEXT_FOLDERS:
+        shutil.copytree(REPO / name, context / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (context / "nasflow" / "_tier_rebuild_probe.py").write_text(f"RUN_ID = {RUN_ID!r}\n")
+    tag = f"localhost/nasflow-tier-rebuild:{RUN_ID}"
+    podman(
+        "build", "--pull=never", "--format", "docker", "--network=host", "--layers",
+        "-f", str(REPO / "docker" / "Dockerfile"), "-t", tag, str(context), timeout=1200,
+    )  # fmt: skip
+    try:
+        before, after = _layers(cpu_image), _layers(tag)
+        shared = 0
+        while shared < min(len(before), len(after)) and before[shared][0] == after[shared][0]:
+            shared += 1
+        reused = sum(size for _, size in after[:shared])
+        rebuilt = sum(size for _, size in after[shared:])
+        assert reused > 1_000_000_000, f"the dependency layer was rebuilt: {before} -> {after}"
+        assert 0 < rebuilt < 20_000_000, f"{rebuilt} bytes rebuilt for a code change: {after[shared:]}"
+        out = run_container(
+            tag, ["python", "-c", "import nasflow._tier_rebuild_probe as probe; print(probe.RUN_ID)"],
+            name=f"{RUN_ID}-rebuild-probe", detach=False, extra=["--rm"],
+        )  # fmt: skip
+        assert out.strip().splitlines()[-1] == RUN_ID
+    finally:
+        podman("rmi", "--force", tag, check=False)
