@@ -15,7 +15,7 @@ search would pick, in accuracy points (0-100), after 50,
 evaluations) use the 200-evaluation runs. The peers pick their best single observation;
 nasflow picks as its search step does, a cell observed more than once by the mean of its
 observations, and runs with its default ``confirm_best="auto"`` (from 100 evaluations the
-last 6 % race the leading cells to up to 4 observations, :mod:`nasflow.search.confirmation`): a budget
+last 10 % race the leading cells to up to 4 observations, :mod:`nasflow.search.confirmation`): a budget
 below 100 is read from the prefix of a 200-evaluation run only where it has no run of its
 own (``--budgets``).
 
@@ -391,7 +391,7 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
         "validation accuracy of the cell the search picks, in accuracy points; mean ± sd over search",
         "seeds. The peers pick their best single noisy observation; nasflow picks as its search step",
         "does (a cell observed more than once by the mean of its observations) and runs with its",
-        "default `confirm_best=auto` (from 100 evaluations, the last 6 % evaluate the leading cells",
+        "default `confirm_best=auto` (from 100 evaluations, the last 10 % evaluate the leading cells",
         "again, each up to 4 observations). nasflow strategies run through `make_oracle` and Keras Tuner's oracle protocol with",
         "`max_trials` = the budget; Optuna peers use their default samplers. Lower is better;",
         "**bold** = lowest mean of the row's budget.",

@@ -267,7 +267,7 @@ def nas_pipeline(
         warm_start: auto (earlier runs on the same data and space in this experiment), an
             MLflow run id, or none: their trials become the strategy's prior observations.
         confirm_best: Trials at the end of the budget that train the leading architectures
-            again (each up to 4 trainings), the choice by the mean: auto (6 % of the
+            again (each up to 4 trainings), the choice by the mean: auto (10 % of the
             budget from 100 trials on), none, or a count.
     """
     parameters = dict(locals())  # this run's parameters (KFP placeholders), by name

@@ -109,7 +109,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
             options.update(nargs="+", metavar="VALUE", default=list(parameter.default))
         else:
             options["type"] = parameter.kind
-        # argparse %-formats help strings: a docstring's own "%" (e.g. "6 % of") is literal.
+        # argparse %-formats help strings: a docstring's own "%" (e.g. "10 % of") is literal.
         group.add_argument(*flags, help=f"{help_text.replace('%', '%%')} (default: %(default)s)", **options)
 
 

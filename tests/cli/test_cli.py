@@ -23,7 +23,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     for name in nas_pipeline.component_spec.inputs:
         assert f"--{name.replace('_', '-')}" in text, name
     assert "(default: 8)" in text and "One of: random" in text
-    assert "auto (6 % of the budget from 100 trials on)" in text, "a docstring's % is printed as it is"
+    assert "auto (10 % of the budget from 100 trials on)" in text, "a docstring's % is printed as it is"
 
 
 def test_component_defaults_never_disagree_with_the_pipeline():

@@ -113,10 +113,10 @@ def test_a_wall_clock_budget_leaves_its_last_trials_to_confirmation(tmp_path):
 
 
 def test_auto_under_a_wall_clock_budget_confirms_its_share_of_the_trials_the_time_allows(tmp_path):
-    # auto's count for max_trials 200 is 12; 100 s at 0.625 s a trial allow 160: 6 % is 10.
+    # auto's count for max_trials 200 is 20; 100 s at 0.625 s a trial allow 160: 10 % is 16.
     oracle = _oracle("random", tmp_path, max_trials=200, confirm="auto", time_budget_s=100)
-    assert oracle.nasflow_confirm == 12
-    assert _run_on_a_clock(oracle, 0.625) == [False] * 150 + [True] * 10
+    assert oracle.nasflow_confirm == 20
+    assert _run_on_a_clock(oracle, 0.625) == [False] * 144 + [True] * 16
     # At 2 s a trial the budget allows 50, below auto's 100: no confirmation.
     oracle = _oracle("random", tmp_path / "short", max_trials=200, confirm="auto", time_budget_s=100)
     assert _run_on_a_clock(oracle, 2.0) == [False] * 50
@@ -160,10 +160,10 @@ def test_the_choice_is_by_the_mean_of_an_architectures_trainings():
     assert choose_best(rows[:2]).best_values == lucky
 
 
-def test_confirm_best_auto_spends_six_percent_from_a_hundred_trials_and_refuses_bad_values():
+def test_confirm_best_auto_spends_ten_percent_from_a_hundred_trials_and_refuses_bad_values():
     assert confirmation_count("auto", 99) == 0
-    assert confirmation_count("auto", 100) == 6
-    assert confirmation_count("auto", 200) == 12
+    assert confirmation_count("auto", 100) == 10
+    assert confirmation_count("auto", 200) == 20
     assert confirmation_count("auto", 200, multi_objective=True) == 0, "a Pareto search has no single best"
     assert confirmation_count("none", 200) == 0
     assert confirmation_count("2", 5) == 2
@@ -238,7 +238,7 @@ def test_the_search_gives_confirmation_its_wall_clock_budget():
     space.declare(hp)
     settings = SearchSettings(max_trials=200, max_search_minutes=5)
     oracle = _make_search_oracle(space, settings, ObjectiveConfig(), hp, [], context=None)
-    assert (oracle.nasflow_confirm, oracle.nasflow_time_budget_s, oracle.nasflow_confirm_auto) == (12, 300, True)
+    assert (oracle.nasflow_confirm, oracle.nasflow_time_budget_s, oracle.nasflow_confirm_auto) == (20, 300, True)
     assert hasattr(oracle, "search_elapsed_s"), "the crash-safe clock the budget is read from"
     oracle = _make_search_oracle(space, SearchSettings(max_trials=200, confirm_best="3"), ObjectiveConfig(), hp, [], None)
     assert (oracle.nasflow_confirm, oracle.nasflow_time_budget_s, oracle.nasflow_confirm_auto) == (3, None, False)
