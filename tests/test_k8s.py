@@ -269,14 +269,18 @@ def _stages(dockerfile: Path) -> list[list[str]]:
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
 def test_dockerfiles_are_multi_stage_non_root_and_pinned(name):
-    builder, final = _stages(ROOT / "docker" / name)
-    for stage in (builder, final):
+    deps, builder, final = _stages(ROOT / "docker" / name)
+    for stage in (deps, final):
         base = stage[0].split()[1]
         assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
+    # nasflow is built on the dependency stage, so its pins are the ones the image gets.
+    assert deps[0].endswith(" AS deps") and builder[0] == "FROM deps AS builder"
     assert "USER 10001:10001" in final
     assert any(line.startswith("HEALTHCHECK") for line in final)
     copies = [line for line in final if line.startswith("COPY")]
-    assert copies == ["COPY --from=builder /opt/venv /opt/venv"]
+    # The venv's dependencies, then nasflow laid over it as a layer of its own (a code change
+    # rebuilds only that one; tests/containers/test_images.py rebuilds to check it).
+    assert copies == ["COPY --from=deps /opt/venv /opt/venv", "COPY --from=builder /nasflow-layer/ /opt/venv/"]
     assert not any(re.search(r"\b(gcc|build-essential|pip install)\b", line) for line in final)
     # The one system package of the final image is Graphviz (architecture diagrams), runtime only.
     installs = [line for line in final if "apt-get install" in line]
@@ -285,15 +289,16 @@ def test_dockerfiles_are_multi_stage_non_root_and_pinned(name):
         and "rm -rf /var/lib/apt/lists/*" in line
         for line in installs
     ), installs
-    assert any("pip wheel --no-deps" in line for line in builder)
+    assert not any(line.startswith("COPY nasflow") for line in deps), "code in the dependency layer"
+    assert any("pip wheel --no-deps" in line and "pip install --no-deps --prefix /nasflow-layer" in line for line in builder)
 
 
 def test_gpu_image_uses_the_gpu_extra_pin():
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     (gpu_pin,) = [r.strip() for r in config["options.extras_require"]["gpu"].splitlines() if r.strip()]
-    builder, _ = _stages(ROOT / "docker" / "Dockerfile.gpu")
-    assert any(f'"{gpu_pin}"' in line for line in builder), gpu_pin
+    deps, _, _ = _stages(ROOT / "docker" / "Dockerfile.gpu")
+    assert any(f'"{gpu_pin}"' in line for line in deps), gpu_pin
 
 
 def test_make_image_tags_with_the_configured_registry():
