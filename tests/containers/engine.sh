@@ -114,6 +114,17 @@ build_image() {
     tail -n 20 "$log" >&2
     die "podman build of $dockerfile failed (full log: $log)"
   fi
+  # The dependency stage (docker/Dockerfile's `deps`: setup.cfg's pins, minutes to install) is no
+  # ancestor of the final image, so the `podman image prune` before every tier run would remove
+  # its cache and the next build would install the pins again. Tagged, it stays (seconds: the
+  # build above made every layer of it); a setup.cfg change moves the tag and frees the old one.
+  if grep -qE '^FROM .* AS deps$' "$REPO/$dockerfile"; then
+    if ! podman build --pull=never --format docker --network=host --layers --target deps \
+      -f "$REPO/$dockerfile" -t "$tag-deps" "$REPO" >>"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      die "podman build --target deps of $dockerfile failed (full log: $log)"
+    fi
+  fi
   note "built $tag in $((SECONDS - started)) s"
 }
 

@@ -80,10 +80,15 @@ def _layers(image: str) -> list[tuple[str, int]]:
 def test_a_change_to_nasflow_code_rebuilds_only_a_small_layer(cpu_image, tmp_path):
     """Rebuilding docker/Dockerfile after a code change reuses the dependency layer.
 
-    The build context of the tier's image plus one new module: every layer up to and
-    including the venv's dependencies (gigabytes) must come from the cache, and the
-    layers that differ must hold only nasflow (a few MB), which the new image imports.
+    The build context of the tier's image plus one new module, built after the
+    ``podman image prune`` every tier run starts with (it removed the untagged cache of the
+    dependency stage until engine.sh tagged it): every layer up to and including the venv's
+    dependencies (gigabytes) must come from the cache, and the layers that differ must hold
+    only nasflow (a few MB), which the new image imports.
     """
+    podman("image", "prune", "--force")
+    tagged = subprocess.run(["podman", "image", "exists", f"{cpu_image}-deps"], timeout=60).returncode == 0
+    assert tagged, "tests/containers/engine.sh tags the dependency stage so that prune keeps its cache"
     context = tmp_path / "context"
     context.mkdir()
     for name in CONTEXT_FILES:
