@@ -2,7 +2,8 @@
 
 On every table of ``bench/tabular_nas.py`` (NAS-Bench-201's three datasets and the eight
 HPOBench sets; each query one training seed's validation accuracy), a nasflow strategy
-(``--strategy``: ``tpe``, the default, or the default strategy ``tpe_local``) searches 200 evaluations with ``confirm_best=none`` on the *tuning* seeds 100-119 (the
+(``--strategy``, ``tpe`` unless given; nasflow's default strategy is ``tpe_local``) searches
+200 evaluations with ``confirm_best=none`` on the *tuning* seeds 100-119 (the
 reported seeds of ``tabular_nas.py`` are 1-20 and stay out of the choice). A budget of B
 evaluations with K confirmations is then its first B - K evaluations (the strategy's
 proposals do not depend on what the last slots do) followed by K confirmations drawn

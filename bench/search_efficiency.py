@@ -536,7 +536,6 @@ def main(argv: list[str] | None = None) -> int:
         help="smoke run: 20 s budget, 1 epoch, one seed, results in the work dir",
     )
     parser.add_argument("--reuse", action="store_true", help="reuse per-run results already in the work dir")
-    parser.add_argument("--note", action="append", default=[], help="a caveat for the report (e.g. which runs were reused)")
     parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -634,7 +633,6 @@ def main(argv: list[str] | None = None) -> int:
             "images one image is 0.1 point, and retraining noise is of the order of the differences between arms.",
             "The budget is checked between trials: a search ends after the first trial that finishes past it "
             "(Optuna's timeout behaves the same way).",
-            *args.note,
         ],
         "analysis": analysis,
         "runs": runs,

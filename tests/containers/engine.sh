@@ -98,6 +98,11 @@ free_gb() {
   df --output=avail -B1G "$STORAGE_ROOT" | tail -n 1 | tr -d ' '
 }
 
+# podman build with the settings these machines need (no registry, host network, layer cache).
+podman_build() {
+  podman build --pull=never --format docker --network=host --layers "$@"
+}
+
 # Build DOCKERFILE as TAG exactly as a user's `docker build` would: the file is not changed.
 build_image() {
   local dockerfile="$1" tag="$2" from
@@ -109,8 +114,8 @@ build_image() {
   local iid="$CONF_DIR/iid-$(basename "$dockerfile")"
   rm -f "$iid"
   note "building $dockerfile as $tag (log: $log)"
-  if ! podman build --pull=never --format docker --network=host --layers --iidfile "$iid" \
-    -f "$REPO/$dockerfile" -t "$tag" "$REPO" >"$log" 2>&1 || [ ! -s "$iid" ]; then
+  if ! podman_build --iidfile "$iid" -f "$REPO/$dockerfile" -t "$tag" "$REPO" >"$log" 2>&1 \
+    || [ ! -s "$iid" ]; then
     tail -n 20 "$log" >&2
     die "podman build of $dockerfile failed (full log: $log)"
   fi
@@ -119,8 +124,7 @@ build_image() {
   # its cache and the next build would install the pins again. Tagged, it stays (seconds: the
   # build above made every layer of it); a setup.cfg change moves the tag and frees the old one.
   if grep -qE '^FROM .* AS deps$' "$REPO/$dockerfile"; then
-    if ! podman build --pull=never --format docker --network=host --layers --target deps \
-      -f "$REPO/$dockerfile" -t "$tag-deps" "$REPO" >>"$log" 2>&1; then
+    if ! podman_build --target deps -f "$REPO/$dockerfile" -t "$tag-deps" "$REPO" >>"$log" 2>&1; then
       tail -n 20 "$log" >&2
       die "podman build --target deps of $dockerfile failed (full log: $log)"
     fi
