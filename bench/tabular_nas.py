@@ -279,11 +279,50 @@ def cached(benchmark: str) -> Tabular:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a gzipped results ``.jsonl.gz`` (raw runs, curves included), none if absent."""
+    """The rows of a gzipped results ``.jsonl.gz`` (raw runs, curves included), none if absent.
+
+    A run killed mid-way (or still running) leaves its gzip member without the end marker:
+    the rows it flushed before are kept, a half-written last line is dropped.
+    """
     if not path.exists():
         return []
+    rows = []
     with gzip.open(path, "rt") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        try:
+            for line in handle:
+                if line.strip():
+                    rows.append(json.loads(line))
+        except EOFError:
+            pass
+        except json.JSONDecodeError:
+            pass  # the cut line of a killed run, always the last one read
+    return rows
+
+
+def _close_cut_member(path: Path) -> None:
+    """Rewrite ``path`` as one complete gzip member if a killed run left its last one cut.
+
+    A member appended after a cut one would be read as its continuation (zlib: invalid
+    block), so the rows of the run that resumes would be lost with the rest of the file.
+    """
+    if not path.exists():
+        return
+    import zlib
+
+    data, position = path.read_bytes(), 0
+    while position < len(data):
+        member = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        member.decompress(data[position:])
+        if not member.eof:
+            break
+        position = len(data) - len(member.unused_data)
+    else:
+        return
+    rows = read_jsonl(path)
+    partial = path.with_name(path.name + ".partial")
+    with gzip.open(partial, "wt") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(partial, path)
 
 
 def append_jsonl(path: Path, rows) -> Iterator[dict]:
@@ -292,6 +331,7 @@ def append_jsonl(path: Path, rows) -> Iterator[dict]:
     The raw results keep every search's regret curve: gzipped they stay a few hundred KB in
     the repository instead of megabytes. A run cut short keeps what it wrote.
     """
+    _close_cut_member(path)
     with gzip.open(path, "at") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
@@ -304,20 +344,57 @@ def load_rows(path: Path, key: tuple[str, ...] = ("benchmark", "strategy", "budg
     return list({tuple(row[field] for field in key): row for row in read_jsonl(path)}.values())
 
 
-def regret_at(rows: list[dict], benchmark: str, strategy: str, budget: int) -> list[float]:
-    """Regrets of the runs at ``budget``; peers (budget-independent) read their 200-run prefix."""
-    exact = [
-        r["regret"]
+def regrets_by_seed(rows: list[dict], benchmark: str, strategy: str, budget: int) -> dict[int, float]:
+    """Regret per search seed at ``budget``; peers (budget-independent) read their 200-run prefix."""
+    exact = {
+        r["seed"]: r["regret"]
         for r in rows
         if (r["benchmark"], r["strategy"], r["budget"]) == (benchmark, strategy, budget)
-    ]
+    }
     if exact:
         return exact
-    return [
-        r["curve"][budget - 1]
+    return {
+        r["seed"]: r["curve"][budget - 1]
         for r in rows
         if (r["benchmark"], r["strategy"]) == (benchmark, strategy) and len(r["curve"]) >= budget
-    ]
+    }
+
+
+def regret_at(rows: list[dict], benchmark: str, strategy: str, budget: int) -> list[float]:
+    """The regrets of :func:`regrets_by_seed`, in seed order."""
+    by_seed = regrets_by_seed(rows, benchmark, strategy, budget)
+    return [by_seed[seed] for seed in sorted(by_seed)]
+
+
+def _ratio(ours: float, theirs: float) -> float:
+    return ours / theirs if theirs > 0 else (0.0 if ours == 0 else math.inf)
+
+
+def paired_ratio(ours: dict[int, float], theirs: dict[int, float], resamples: int = 0) -> dict | None:
+    """Ratio of mean regrets on the seeds both have, and its 90 % bootstrap interval.
+
+    Rows with different seed counts (a strategy rerun with more seeds than another) are
+    compared on their common seeds only. The interval resamples those seeds with
+    replacement (``resamples`` draws; 0: none): with 20 seeds the ratio of two noisy
+    means moves by tenths from one seed sample to another, which a PASS/MISS at 0.8 must
+    be read against.
+    """
+    seeds = sorted(ours.keys() & theirs.keys())
+    if not seeds:
+        return None
+    a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
+    result = {"ratio": _ratio(statistics.fmean(a), statistics.fmean(b)), "n": len(seeds)}
+    if resamples:
+        import random
+
+        rng, n = random.Random(0), len(seeds)
+        draws = []
+        for _ in range(resamples):
+            picks = [rng.randrange(n) for _ in range(n)]
+            draws.append(_ratio(sum(a[i] for i in picks), sum(b[i] for i in picks)))
+        draws.sort()
+        result["interval_90"] = [draws[int(0.05 * resamples)], draws[int(0.95 * resamples) - 1]]
+    return result
 
 
 def summarize(rows: list[dict], default: str) -> dict:
@@ -334,32 +411,38 @@ def summarize(rows: list[dict], default: str) -> dict:
                         "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
                         "n": len(values),
                     }
-    default_targets = targets_for(table, default)
+    default_targets = targets_for(rows, table, default, resamples=2000)
     return {
         "default_strategy": default,
         "table": table,
         **default_targets,
         "targets_by_strategy": {
-            strategy: targets_for(table, strategy) for strategy in strategies if strategy not in PEERS
+            strategy: targets_for(rows, table, strategy) for strategy in strategies if strategy not in PEERS
         },
     }
 
 
-def targets_for(table: dict, strategy: str) -> dict:
-    """The issue's two targets for one strategy: ratios of its mean regret to Optuna TPE's."""
-    targets = {}
+def targets_for(rows: list[dict], table: dict, strategy: str, resamples: int = 0) -> dict:
+    """The issue's two targets for one strategy: ratios of its mean regret to Optuna TPE's.
+
+    Each ratio is taken on the seeds both rows have (:func:`paired_ratio`); with
+    ``resamples`` its 90 % bootstrap interval is kept in ``ratio_interval_90``.
+    """
+    targets, intervals = {}, {}
     for benchmark, by_strategy in table.items():
         if strategy not in by_strategy or "optuna_tpe" not in by_strategy:
             continue
         ratios = {}
         for budget in BUDGETS:
-            ours, tpe = by_strategy[strategy].get(str(budget)), by_strategy["optuna_tpe"].get(str(budget))
-            if ours and tpe:
-                ratios[str(budget)] = (
-                    ours["mean"] / tpe["mean"]
-                    if tpe["mean"] > 0
-                    else (0.0 if ours["mean"] == 0 else math.inf)
-                )
+            paired = paired_ratio(
+                regrets_by_seed(rows, benchmark, strategy, budget),
+                regrets_by_seed(rows, benchmark, "optuna_tpe", budget),
+                resamples,
+            )
+            if paired:
+                ratios[str(budget)] = paired["ratio"]
+                if "interval_90" in paired:
+                    intervals.setdefault(benchmark, {})[str(budget)] = paired["interval_90"]
         targets[benchmark] = ratios
     nb201 = {b: r for b, r in targets.items() if b.startswith("nb201/")}
     hpo = {b: r for b, r in targets.items() if b.startswith("hpobench/")}
@@ -369,6 +452,7 @@ def targets_for(table: dict, strategy: str) -> dict:
     hpo_wins = sum(1 for r in hpo.values() if r and statistics.fmean(r.values()) <= 1.0)
     return {
         "ratio_to_optuna_tpe": targets,
+        **({"ratio_interval_90": intervals} if resamples else {}),
         "target_nb201": {"rule": "<= 0.8 x Optuna TPE at 50, 100, 200 on all 3", "pass": nb201_pass},
         "target_hpobench": {
             "rule": "<= Optuna TPE (mean ratio over 50/100/200 <= 1) on >= 6 of 8",
@@ -423,14 +507,11 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
                 text = f"{cell['mean']:.2f} ± {cell['sd']:.2f}"
                 shown.append(f"**{text}**" if math.isclose(cell["mean"], best[budget]) else text)
             ratio = ""
-            if "optuna_tpe" in by_strategy and strategy != "optuna_tpe":
-                ratios = []
-                for budget in BUDGETS:
-                    ours, tpe = cells.get(str(budget)), by_strategy["optuna_tpe"].get(str(budget))
-                    ratios.append(
-                        f"{ours['mean'] / tpe['mean']:.2f}" if ours and tpe and tpe["mean"] > 0 else "—"
-                    )
-                ratio = " / ".join(ratios)
+            if strategy in summary["targets_by_strategy"]:
+                ratios = summary["targets_by_strategy"][strategy]["ratio_to_optuna_tpe"].get(benchmark, {})
+                ratio = " / ".join(
+                    f"{ratios[str(budget)]:.2f}" if str(budget) in ratios else "—" for budget in BUDGETS
+                )
             name = (
                 f"nasflow `{strategy}`" + (" (default)" if strategy == default else "")
                 if strategy not in PEERS
@@ -441,6 +522,30 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
             )
             seeds = min(cell["n"] for cell in cells.values())
             lines.append(f"| {name} | " + " | ".join(shown) + f" | {ratio} | {seeds} |")
+        lines.append("")
+    intervals = summary.get("ratio_interval_90", {})
+    if intervals:
+        lines += [
+            f"## How sure: `{default}` / Optuna TPE, 90 % bootstrap intervals",
+            "",
+            "Ratios are taken on the seeds both rows have; the interval resamples those seeds.",
+            "",
+            "| benchmark | 50 | 100 | 200 | seeds |",
+            "|---|---|---|---|---|",
+        ]
+        for benchmark, by_budget in intervals.items():
+            ratios = summary["ratio_to_optuna_tpe"][benchmark]
+            common = len(
+                regrets_by_seed(rows, benchmark, default, max(BUDGETS)).keys()
+                & regrets_by_seed(rows, benchmark, "optuna_tpe", max(BUDGETS)).keys()
+            )
+            cells = [
+                f"{ratios[str(b)]:.2f} [{by_budget[str(b)][0]:.2f}, {by_budget[str(b)][1]:.2f}]"
+                if str(b) in by_budget
+                else "—"
+                for b in BUDGETS
+            ]
+            lines.append(f"| {benchmark} | " + " | ".join(cells) + f" | {common} |")
         lines.append("")
     lines += ["## Targets", ""]
     for strategy, targets in summary["targets_by_strategy"].items():
