@@ -507,11 +507,15 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
                 text = f"{cell['mean']:.2f} ± {cell['sd']:.2f}"
                 shown.append(f"**{text}**" if math.isclose(cell["mean"], best[budget]) else text)
             ratio = ""
-            if strategy in summary["targets_by_strategy"]:
-                ratios = summary["targets_by_strategy"][strategy]["ratio_to_optuna_tpe"].get(benchmark, {})
-                ratio = " / ".join(
-                    f"{ratios[str(budget)]:.2f}" if str(budget) in ratios else "—" for budget in BUDGETS
-                )
+            if "optuna_tpe" in by_strategy and strategy != "optuna_tpe":
+                paired = [
+                    paired_ratio(
+                        regrets_by_seed(rows, benchmark, strategy, budget),
+                        regrets_by_seed(rows, benchmark, "optuna_tpe", budget),
+                    )
+                    for budget in BUDGETS
+                ]
+                ratio = " / ".join(f"{p['ratio']:.2f}" if p else "—" for p in paired)
             name = (
                 f"nasflow `{strategy}`" + (" (default)" if strategy == default else "")
                 if strategy not in PEERS
