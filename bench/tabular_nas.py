@@ -292,10 +292,8 @@ def read_jsonl(path: Path) -> list[dict]:
             for line in handle:
                 if line.strip():
                     rows.append(json.loads(line))
-        except EOFError:
-            pass
-        except json.JSONDecodeError:
-            pass  # the cut line of a killed run, always the last one read
+        except (EOFError, json.JSONDecodeError):
+            pass  # the cut end of a killed run: no end marker, maybe half a line
     return rows
 
 
@@ -411,39 +409,58 @@ def summarize(rows: list[dict], default: str) -> dict:
                         "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
                         "n": len(values),
                     }
-    default_targets = targets_for(rows, table, default, resamples=2000)
+    ratios = ratio_table(rows, table, bootstrap=default)
     return {
         "default_strategy": default,
         "table": table,
-        **default_targets,
+        "ratios": ratios,
+        **targets_for(ratios, default),
         "targets_by_strategy": {
-            strategy: targets_for(rows, table, strategy) for strategy in strategies if strategy not in PEERS
+            strategy: targets_for(ratios, strategy) for strategy in strategies if strategy not in PEERS
         },
     }
 
 
-def targets_for(rows: list[dict], table: dict, strategy: str, resamples: int = 0) -> dict:
-    """The issue's two targets for one strategy: ratios of its mean regret to Optuna TPE's.
+def ratio_table(rows: list[dict], table: dict, bootstrap: str, resamples: int = 2000) -> dict:
+    """``benchmark -> strategy -> budget ->`` :func:`paired_ratio` against Optuna TPE, every row.
 
-    Each ratio is taken on the seeds both rows have (:func:`paired_ratio`); with
-    ``resamples`` its 90 % bootstrap interval is kept in ``ratio_interval_90``.
+    Only ``bootstrap``'s ratios (the default strategy's) get an interval: the targets are its.
     """
-    targets, intervals = {}, {}
+    ratios: dict = {}
     for benchmark, by_strategy in table.items():
-        if strategy not in by_strategy or "optuna_tpe" not in by_strategy:
+        if "optuna_tpe" not in by_strategy:
             continue
-        ratios = {}
-        for budget in BUDGETS:
-            paired = paired_ratio(
-                regrets_by_seed(rows, benchmark, strategy, budget),
-                regrets_by_seed(rows, benchmark, "optuna_tpe", budget),
-                resamples,
-            )
-            if paired:
-                ratios[str(budget)] = paired["ratio"]
-                if "interval_90" in paired:
-                    intervals.setdefault(benchmark, {})[str(budget)] = paired["interval_90"]
-        targets[benchmark] = ratios
+        for strategy in by_strategy:
+            if strategy == "optuna_tpe":
+                continue
+            for budget in BUDGETS:
+                paired = paired_ratio(
+                    regrets_by_seed(rows, benchmark, strategy, budget),
+                    regrets_by_seed(rows, benchmark, "optuna_tpe", budget),
+                    resamples if strategy == bootstrap else 0,
+                )
+                if paired:
+                    ratios.setdefault(benchmark, {}).setdefault(strategy, {})[str(budget)] = paired
+    return ratios
+
+
+def targets_for(ratios: dict, strategy: str) -> dict:
+    """The issue's two targets for one strategy, from its rows of :func:`ratio_table`."""
+    targets = {
+        benchmark: {budget: paired["ratio"] for budget, paired in by_strategy[strategy].items()}
+        for benchmark, by_strategy in ratios.items()
+        if strategy in by_strategy
+    }
+    intervals = {
+        benchmark: {
+            budget: paired["interval_90"]
+            for budget, paired in by_strategy[strategy].items()
+            if "interval_90" in paired
+        }
+        for benchmark, by_strategy in ratios.items()
+        if strategy in by_strategy
+    }
+    intervals = {benchmark: by_budget for benchmark, by_budget in intervals.items() if by_budget}
     nb201 = {b: r for b, r in targets.items() if b.startswith("nb201/")}
     hpo = {b: r for b, r in targets.items() if b.startswith("hpobench/")}
     nb201_pass = bool(nb201) and all(
@@ -452,7 +469,7 @@ def targets_for(rows: list[dict], table: dict, strategy: str, resamples: int = 0
     hpo_wins = sum(1 for r in hpo.values() if r and statistics.fmean(r.values()) <= 1.0)
     return {
         "ratio_to_optuna_tpe": targets,
-        **({"ratio_interval_90": intervals} if resamples else {}),
+        **({"ratio_interval_90": intervals} if intervals else {}),
         "target_nb201": {"rule": "<= 0.8 x Optuna TPE at 50, 100, 200 on all 3", "pass": nb201_pass},
         "target_hpobench": {
             "rule": "<= Optuna TPE (mean ratio over 50/100/200 <= 1) on >= 6 of 8",
@@ -507,15 +524,12 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
                 text = f"{cell['mean']:.2f} ± {cell['sd']:.2f}"
                 shown.append(f"**{text}**" if math.isclose(cell["mean"], best[budget]) else text)
             ratio = ""
-            if "optuna_tpe" in by_strategy and strategy != "optuna_tpe":
-                paired = [
-                    paired_ratio(
-                        regrets_by_seed(rows, benchmark, strategy, budget),
-                        regrets_by_seed(rows, benchmark, "optuna_tpe", budget),
-                    )
+            if strategy in summary["ratios"].get(benchmark, {}):
+                paired = summary["ratios"][benchmark][strategy]
+                ratio = " / ".join(
+                    f"{paired[str(budget)]['ratio']:.2f}" if str(budget) in paired else "—"
                     for budget in BUDGETS
-                ]
-                ratio = " / ".join(f"{p['ratio']:.2f}" if p else "—" for p in paired)
+                )
             name = (
                 f"nasflow `{strategy}`" + (" (default)" if strategy == default else "")
                 if strategy not in PEERS
@@ -537,19 +551,14 @@ def write_report(rows: list[dict], summary: dict, out: Path, meta: dict) -> None
             "| benchmark | 50 | 100 | 200 | seeds |",
             "|---|---|---|---|---|",
         ]
-        for benchmark, by_budget in intervals.items():
-            ratios = summary["ratio_to_optuna_tpe"][benchmark]
-            common = len(
-                regrets_by_seed(rows, benchmark, default, max(BUDGETS)).keys()
-                & regrets_by_seed(rows, benchmark, "optuna_tpe", max(BUDGETS)).keys()
-            )
+        for benchmark in intervals:
+            paired = summary["ratios"][benchmark][default]
             cells = [
-                f"{ratios[str(b)]:.2f} [{by_budget[str(b)][0]:.2f}, {by_budget[str(b)][1]:.2f}]"
-                if str(b) in by_budget
-                else "—"
-                for b in BUDGETS
+                f"{p['ratio']:.2f} [{p['interval_90'][0]:.2f}, {p['interval_90'][1]:.2f}]" if p else "—"
+                for p in (paired.get(str(budget)) for budget in BUDGETS)
             ]
-            lines.append(f"| {benchmark} | " + " | ".join(cells) + f" | {common} |")
+            seeds = max(p["n"] for p in paired.values())
+            lines.append(f"| {benchmark} | " + " | ".join(cells) + f" | {seeds} |")
         lines.append("")
     lines += ["## Targets", ""]
     for strategy, targets in summary["targets_by_strategy"].items():
